@@ -1,0 +1,221 @@
+"""Image/mask folder discovery and reading, for the layouts real datasets use.
+
+A dataset is a folder with ``images/`` and ``masks/`` (any depth of sub-folders, e.g. one per
+class). A mask belongs to an image when it sits at the same relative path and its stem is the
+image's stem, or the stem plus ``_mask``; extra ``STEM_mask_N`` files are OR-ed in (BUSI).
+Optional split files (``splits/NAME.txt`` or any path) list image names relative to
+``images/`` without extension, one per line.
+
+Masks may be {0,255}, {0,1}, RGB, 1-bit, or JPEG with compression noise (thresholded at 128);
+multi-class masks hold label ids ``0..num_classes-1``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgeseg.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+LOSSY_EXTS = {".jpg", ".jpeg"}
+_MASK_SUFFIX = re.compile(r"^(?P<base>.*)_mask(?:_(?P<n>\d+))?$")
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str  # relative to images/, without extension, '/'-separated
+    image: Path
+    masks: tuple[Path, ...]
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+
+
+def _key(path: Path, root: Path) -> str:
+    rel = path.relative_to(root).with_suffix("")
+    return rel.as_posix()
+
+
+def read_split(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DataError(f"split file not found: {path}")
+    names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    names = [n for n in names if n and not n.startswith("#")]
+    if not names:
+        raise DataError(f"split file is empty: {path}")
+    return names
+
+
+def resolve_split(root: Path, split: str | None) -> Path | None:
+    """``split`` may be a path to a file, or a name looked up as ``ROOT/splits/NAME.txt``."""
+    if split is None:
+        return None
+    p = Path(split)
+    if p.is_file():
+        return p
+    cand = root / "splits" / f"{split}.txt"
+    if cand.is_file():
+        return cand
+    raise DataError(f"split {split!r} not found: neither a file nor {cand}")
+
+
+def discover(root: str | Path, split: str | None = None, require_masks: bool = True) -> list[Sample]:
+    """Pair every image under ROOT/images with its mask(s) under ROOT/masks.
+
+    With ``require_masks=False`` a folder of images alone (or ROOT itself holding images) is
+    accepted and samples carry no masks.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"data folder not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"not a folder: {root}")
+    img_root = root / "images"
+    mask_root = root / "masks"
+    if not img_root.is_dir():
+        if require_masks:
+            raise DataError(f"{root} has no images/ folder (expected images/ and masks/ side by side)")
+        img_root = root
+    images = _files(img_root)
+    if img_root == root:
+        images = [p for p in images if mask_root not in p.parents]
+    if not images:
+        raise DataError(f"no images (jpg, png, tif, bmp) found in {img_root}")
+
+    by_key: dict[str, Path] = {}
+    for p in images:
+        k = _key(p, img_root)
+        if k in by_key:
+            raise DataError(f"two images share the name {k!r}: {by_key[k].name} and {p.name}")
+        by_key[k] = p
+
+    masks: dict[str, list[Path]] = {}
+    if mask_root.is_dir():
+        for p in _files(mask_root):
+            k = _key(p, mask_root)
+            m = _MASK_SUFFIX.match(k)
+            base = k
+            if k not in by_key and m and m.group("base") in by_key:
+                base = m.group("base")
+            masks.setdefault(base, []).append(p)
+    elif require_masks:
+        raise DataError(f"{root} has no masks/ folder")
+
+    if require_masks:
+        orphans = sorted(set(masks) - set(by_key))
+        if orphans:
+            raise DataError(f"{len(orphans)} mask(s) have no image, e.g. {orphans[0]!r} in {mask_root}")
+
+    names = list(by_key)
+    split_file = resolve_split(root, split)
+    if split_file is not None:
+        wanted = read_split(split_file)
+        missing = [n for n in wanted if n not in by_key]
+        if missing:
+            raise DataError(f"{len(missing)} name(s) in {split_file} have no image, e.g. {missing[0]!r}")
+        names = wanted
+
+    samples = []
+    for n in names:
+        ms = tuple(sorted(masks.get(n, []), key=lambda p: (len(p.stem), p.stem)))
+        if require_masks and not ms:
+            raise DataError(f"image {n!r} has no mask in {mask_root} (looked for {n}.* and {n}_mask.*)")
+        samples.append(Sample(n, by_key[n], ms))
+    return samples
+
+
+def _imread(path: Path, flags: int) -> np.ndarray:
+    try:
+        buf = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror}") from None
+    if buf.size == 0:
+        raise DataError(f"empty file: {path}")
+    img = cv2.imdecode(buf, flags)
+    if img is None or img.size == 0:
+        raise DataError(f"not a readable image (corrupt or truncated?): {path}")
+    return img
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Any image file -> HxWx3 uint8 RGB. 16-bit is scaled to 8-bit, gray expanded, alpha dropped."""
+    path = Path(path)
+    img = _imread(path, cv2.IMREAD_UNCHANGED)
+    if img.dtype == np.uint16:
+        img = (img.astype(np.float32) / 257.0).round().astype(np.uint8)
+    elif img.dtype in (np.float32, np.float64):
+        if not np.isfinite(img).all():
+            raise DataError(f"image has NaN or infinite pixels: {path}")
+        raise DataError(f"floating-point images are not supported, convert to 8-bit: {path}")
+    elif img.dtype != np.uint8:
+        raise DataError(f"unsupported pixel type {img.dtype} in {path}")
+    if img.ndim == 2:
+        return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
+    if img.shape[2] == 4:
+        img = img[:, :, :3]
+    elif img.shape[2] != 3:
+        raise DataError(f"image must have 1, 3 or 4 channels, {path} has {img.shape[2]}")
+    return np.ascontiguousarray(img[:, :, ::-1])
+
+
+def read_mask(path: str | Path, num_classes: int = 2) -> np.ndarray:
+    """A mask file -> HxW uint8 label ids (binary: 0/1)."""
+    path = Path(path)
+    m = _imread(path, cv2.IMREAD_UNCHANGED)
+    if m.ndim == 3:
+        m = m[:, :, :3].max(axis=2) if num_classes == 2 else m[:, :, 0]
+    if m.dtype != np.uint8:
+        if m.dtype == np.uint16 and m.max() < 256:
+            m = m.astype(np.uint8)
+        else:
+            raise DataError(f"mask {path} has pixel type {m.dtype}; expected 8-bit")
+    values = np.unique(m)
+    if num_classes == 2:
+        if path.suffix.lower() in LOSSY_EXTS:
+            return (m >= 128).astype(np.uint8)
+        if set(values.tolist()) <= {0, 1}:
+            return m.astype(np.uint8)
+        if set(values.tolist()) <= {0, 255}:
+            return (m == 255).astype(np.uint8)
+        raise DataError(
+            f"mask {path} is not binary: values {values[:8].tolist()}"
+            f"{'...' if values.size > 8 else ''}; for label-id masks pass the class names (--classes)"
+        )
+    if values.max() >= num_classes:
+        raise DataError(f"mask {path} has label {int(values.max())} but only {num_classes} classes are declared")
+    return m.astype(np.uint8)
+
+
+def load_pair(sample: Sample, num_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    image = read_image(sample.image)
+    mask = None
+    for mp in sample.masks:
+        m = read_mask(mp, num_classes)
+        if m.shape != image.shape[:2]:
+            raise DataError(
+                f"mask {mp.name} is {m.shape[1]}x{m.shape[0]} but image {sample.image.name} is "
+                f"{image.shape[1]}x{image.shape[0]}"
+            )
+        mask = m if mask is None else (np.maximum(mask, m) if num_classes == 2 else np.where(m > 0, m, mask))
+    if mask is None:
+        raise DataError(f"image {sample.name!r} has no mask")
+    return image, mask
+
+
+def fingerprint(samples: list[Sample]) -> dict:
+    """sha256 over the bytes of every image (in order): identifies a calibration/validation set."""
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(s.name.encode())
+        h.update(s.image.read_bytes())
+    return {"sha256": h.hexdigest(), "count": len(samples)}

@@ -1,0 +1,269 @@
+"""Load and save SegFormer checkpoints (Hugging Face directories), variants and tiny test configs.
+
+A checkpoint is a standard ``save_pretrained`` directory (config.json + model.safetensors);
+edgeseg adds ``edgeseg_checkpoint.json`` with what a deployment needs to know and HF does not
+keep: pre-processing, class names and colours, validation metrics and provenance.
+Nothing here downloads anything: paths must be local directories.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeseg.errors import ConfigError, ModelError
+from edgeseg.runtime.preprocess import Preprocess
+
+log = logging.getLogger(__name__)
+
+META_FILE = "edgeseg_checkpoint.json"
+META_FORMAT = 1
+
+_B_HEADS = [1, 2, 5, 8]
+VARIANTS: dict[str, dict] = {
+    "b0": dict(hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2], decoder_hidden_size=256),
+    "b1": dict(hidden_sizes=[64, 128, 320, 512], depths=[2, 2, 2, 2], decoder_hidden_size=256),
+    "b2": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 4, 6, 3], decoder_hidden_size=768),
+    "b3": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 4, 18, 3], decoder_hidden_size=768),
+    "b4": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 8, 27, 3], decoder_hidden_size=768),
+    "b5": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 6, 40, 3], decoder_hidden_size=768),
+    # for tests and the embedded demo: a few thousand parameters, runs in milliseconds
+    "tiny": dict(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], decoder_hidden_size=32,
+                 num_attention_heads=[1, 1, 2, 2]),
+}
+
+DEFAULT_COLORS = [(0, 0, 0), (255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0),
+                  (200, 64, 255), (0, 220, 220), (255, 128, 0)]
+
+
+@dataclass
+class CheckpointMeta:
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    classes: list[str] = field(default_factory=lambda: ["background", "foreground"])
+    colors: list[tuple[int, int, int]] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    recorded: bool = True  # False when read from a plain HF checkpoint without edgeseg metadata
+
+    def __post_init__(self) -> None:
+        if not self.colors:
+            self.colors = [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(len(self.classes))]
+
+    def to_dict(self) -> dict:
+        return {
+            "format": META_FORMAT,
+            "preprocess": self.preprocess.to_dict(),
+            "classes": list(self.classes),
+            "colors": [list(c) for c in self.colors],
+            "metrics": self.metrics,
+            "provenance": self.provenance,
+            "training": self.training,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CheckpointMeta":
+        if d.get("format") != META_FORMAT:
+            raise ModelError(f"{META_FILE}: unknown format {d.get('format')!r} (this edgeseg reads {META_FORMAT})")
+        return cls(
+            preprocess=Preprocess.from_dict(d.get("preprocess", {})),
+            classes=list(d.get("classes", ["background", "foreground"])),
+            colors=[tuple(c) for c in d.get("colors", [])],
+            metrics=d.get("metrics", {}),
+            provenance=d.get("provenance", {}),
+            training=d.get("training", {}),
+        )
+
+
+def build_config(variant: str = "b0", num_labels: int = 2, config_file: str | Path | None = None, **overrides):
+    """A ``SegformerConfig`` for a named variant (b0..b5, tiny) or a JSON config file."""
+    from transformers import SegformerConfig
+
+    if config_file is not None:
+        p = Path(config_file)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            d = json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid JSON: {exc.msg} (line {exc.lineno})") from None
+        if d.get("model_type", "segformer") != "segformer":
+            raise ConfigError(f"config file {p} is a {d.get('model_type')!r} config, not a SegFormer")
+        d.update(overrides)
+        d["num_labels"] = num_labels
+        return SegformerConfig(**{k: v for k, v in d.items() if k not in ("architectures", "transformers_version")})
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    kw = dict(num_attention_heads=_B_HEADS, mlp_ratios=[4, 4, 4, 4], sr_ratios=[8, 4, 2, 1])
+    kw.update(VARIANTS[variant])
+    kw.update(overrides)
+    return SegformerConfig(num_labels=num_labels, **kw)
+
+
+def build_model(variant: str = "b0", num_labels: int = 2, config_file=None, seed: int | None = 0, **overrides):
+    import torch
+    from transformers import SegformerForSemanticSegmentation
+
+    cfg = build_config(variant, num_labels, config_file, **overrides)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return SegformerForSemanticSegmentation(cfg)
+
+
+def _check_dir(path: Path) -> dict:
+    if not path.exists():
+        raise ModelError(f"checkpoint not found: {path}")
+    if not path.is_dir():
+        raise ModelError(f"{path} is not a checkpoint directory (expected config.json + model.safetensors)")
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise ModelError(f"{path} has no config.json: not a Hugging Face checkpoint")
+    try:
+        d = json.loads(cfg.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelError(f"{cfg} is not valid JSON") from None
+    if d.get("model_type") != "segformer":
+        raise ModelError(f"{path} holds a {d.get('model_type')!r} model, not a SegFormer")
+    archs = d.get("architectures") or ["SegformerForSemanticSegmentation"]
+    if "SegformerForSemanticSegmentation" not in archs:
+        raise ModelError(f"{path} is a {archs[0]}, not a SegformerForSemanticSegmentation")
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+            raise ModelError(f"{path} has only pickle weights (.bin/.pt); edgeseg loads safetensors only")
+        raise ModelError(f"{path} has no model.safetensors")
+    return d
+
+
+def _check_safetensors(weights: Path) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            keys = list(f.keys())
+            if keys:
+                f.get_slice(keys[-1])
+        size = weights.stat().st_size
+        with open(weights, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end != size:
+            raise ValueError(f"expected {8 + n + end} bytes, found {size}")
+    except Exception as exc:  # safetensors raises several types for corrupt files
+        raise ModelError(f"{weights} is corrupt or truncated: {exc}") from None
+
+
+def read_meta(path: str | Path) -> CheckpointMeta:
+    path = Path(path)
+    mp = path / META_FILE
+    if mp.is_file():
+        try:
+            return CheckpointMeta.from_dict(json.loads(mp.read_text()))
+        except json.JSONDecodeError:
+            raise ModelError(f"{mp} is not valid JSON") from None
+    # A plain HF checkpoint: take what its files say, and say that we did.
+    d = json.loads((path / "config.json").read_text())
+    id2label = d.get("id2label") or {}
+    n = int(d.get("num_labels", len(id2label) or 2))
+    classes = [str(id2label.get(str(i), f"class_{i}")) for i in range(n)]
+    pp = Preprocess()
+    ppf = path / "preprocessor_config.json"
+    if ppf.is_file():
+        p = json.loads(ppf.read_text())
+        size = p.get("size", {})
+        pp = Preprocess(height=int(size.get("height", pp.height)), width=int(size.get("width", pp.width)),
+                        mean=tuple(p.get("image_mean", pp.mean)), std=tuple(p.get("image_std", pp.std)))
+    else:
+        log.warning("%s has no %s or preprocessor_config.json: assuming %dx%d input with ImageNet mean/std",
+                    path, META_FILE, pp.height, pp.width)
+    return CheckpointMeta(preprocess=pp, classes=classes, recorded=False)
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu"):
+    """Load a SegFormer checkpoint directory -> (model in eval mode, CheckpointMeta)."""
+    from transformers import SegformerForSemanticSegmentation
+    from transformers.utils import logging as hf_logging
+
+    path = Path(path)
+    cfg = _check_dir(path)
+    _check_safetensors(path / "model.safetensors")
+    meta = read_meta(path)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        if cfg.get("edgeseg_widths"):
+            from edgeseg.prune import load_pruned
+
+            model = load_pruned(path)
+        else:
+            model = SegformerForSemanticSegmentation.from_pretrained(str(path), use_safetensors=True)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"cannot load {path}: {str(exc).splitlines()[0]}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if model.config.num_labels != len(meta.classes):
+        raise ModelError(f"{path}: model has {model.config.num_labels} outputs but {len(meta.classes)} class names")
+    return model.to(device).eval(), meta
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """sha256 over config.json and model.safetensors: identifies the source of every bundle."""
+    path = Path(path)
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        with open(path / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_dir(out: Path):
+    """Context manager: yields a temp dir beside OUT, renamed to OUT only on success."""
+    return _AtomicDir(Path(out))
+
+
+class _AtomicDir:
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def __enter__(self) -> Path:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        self.tmp.chmod(0o755)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        old = None
+        if self.out.exists():
+            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
+            os.replace(self.out, old)
+        os.replace(self.tmp, self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return False
+
+
+def save_checkpoint(model, meta: CheckpointMeta, out: str | Path) -> Path:
+    """Write an HF checkpoint directory (safetensors) plus edgeseg metadata, atomically."""
+    out = Path(out)
+    model.config.id2label = {i: c for i, c in enumerate(meta.classes)}
+    model.config.label2id = {c: i for i, c in enumerate(meta.classes)}
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        (tmp / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
+    return out

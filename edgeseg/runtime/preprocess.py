@@ -1,0 +1,178 @@
+"""Pre- and post-processing, written once and shared by training, export checks and the device.
+
+Torch-free and OpenCV-free on purpose: the device runtime must apply exactly the steps the
+model was trained with, so resizing is done here in numpy with separable weight matrices:
+
+- down-scaling averages each output pixel over the input area it covers (an exact box filter,
+  the same rule as OpenCV's INTER_AREA);
+- up-scaling is bilinear with half-pixel centres (align_corners=False, as in
+  ``torch.nn.functional.interpolate``).
+
+Both are linear maps ``out = R @ img @ C.T`` whose matrices depend only on the sizes, so they
+are cached and cost one pair of small matrix products per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from edgeseg.runtime.errors import InputError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_POLICIES = ("stretch",)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What the model expects. Recorded in checkpoints and bundles, applied everywhere."""
+
+    height: int = 256
+    width: int = 256
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    resize: str = "stretch"  # the whole image to height x width (area for down, bilinear for up)
+    color: str = "RGB"  # channel order the model was trained on; inputs are given as RGB
+    layout: str = "NCHW"
+    dtype: str = "float32"
+    scale: float = 1.0 / 255.0  # uint8 -> [0, 1] before mean/std
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.height < 8 or self.width < 8:
+            raise InputError(f"input size must be at least 8x8, got {self.height}x{self.width}")
+        if self.resize not in RESIZE_POLICIES:
+            raise InputError(f"unknown resize policy {self.resize!r}; known: {', '.join(RESIZE_POLICIES)}")
+        if self.layout != "NCHW" or self.dtype != "float32" or self.color != "RGB":
+            raise InputError("only RGB, NCHW, float32 model inputs are supported")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise InputError("mean and std need three values each, std > 0")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        d.pop("extra")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        known = {k: d[k] for k in ("height", "width", "resize", "color", "layout", "dtype", "scale") if k in d}
+        try:
+            return cls(mean=tuple(float(x) for x in d.get("mean", IMAGENET_MEAN)),
+                       std=tuple(float(x) for x in d.get("std", IMAGENET_STD)), **known)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"invalid pre-processing record: {exc}") from None
+
+
+@lru_cache(maxsize=64)
+def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """Weights W (n_out x n_in) so that ``W @ x`` resizes a 1-D signal of length n_in to n_out."""
+    if n_in <= 0 or n_out <= 0:
+        raise InputError(f"cannot resize {n_in} -> {n_out} pixels")
+    w = np.zeros((n_out, n_in), dtype=np.float64)
+    if n_out == n_in:
+        np.fill_diagonal(w, 1.0)
+    elif n_out < n_in:
+        # exact area coverage of [i*s, (i+1)*s) over unit input pixels
+        s = n_in / n_out
+        edges = np.arange(n_out + 1) * s
+        for i in range(n_out):
+            a, b = edges[i], edges[i + 1]
+            j0, j1 = int(np.floor(a)), min(int(np.ceil(b)), n_in)
+            for j in range(j0, j1):
+                w[i, j] = min(b, j + 1) - max(a, j)
+        w /= w.sum(axis=1, keepdims=True)
+    else:
+        # bilinear, half-pixel centres, clamped at the borders
+        s = n_in / n_out
+        src = (np.arange(n_out) + 0.5) * s - 0.5
+        src = np.clip(src, 0, n_in - 1)
+        j0 = np.floor(src).astype(int)
+        j1 = np.minimum(j0 + 1, n_in - 1)
+        f = src - j0
+        w[np.arange(n_out), j0] += 1 - f
+        w[np.arange(n_out), j1] += f
+    w = w.astype(np.float32)
+    w.setflags(write=False)
+    return w
+
+
+def resize(arr: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize an (H, W) or (H, W, C) or (C, H, W)-as-``chw`` float array; returns float32.
+
+    For (H, W, C) arrays the channels are last. Use :func:`resize_chw` for channel-first.
+    """
+    a = np.asarray(arr, dtype=np.float32)
+    r = resize_matrix(a.shape[0], height)
+    c = resize_matrix(a.shape[1], width)
+    if a.ndim == 2:
+        return r @ a @ c.T
+    if a.ndim == 3:
+        # (H, W, C): contract H with r, W with c
+        tmp = np.tensordot(r, a, axes=(1, 0))  # (h, W, C)
+        return np.ascontiguousarray(np.tensordot(tmp, c, axes=(1, 1)).transpose(0, 2, 1))
+    raise InputError(f"expected a 2-D or 3-D array, got shape {a.shape}")
+
+
+def resize_chw(arr: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize a (C, H, W) or (N, C, H, W) float array over its last two axes."""
+    a = np.asarray(arr, dtype=np.float32)
+    r = resize_matrix(a.shape[-2], height)
+    c = resize_matrix(a.shape[-1], width)
+    return np.matmul(np.matmul(r, a), c.T)
+
+
+def validate_image(image: np.ndarray) -> np.ndarray:
+    """Check an RGB image given to the runtime: (H, W, 3) uint8 (or (H, W) gray, promoted)."""
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise InputError(f"image must be uint8 (0-255), got dtype {image.dtype}; convert it first")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InputError(f"image must be HxWx3 RGB, got shape {image.shape}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise InputError(f"image is empty: shape {image.shape}")
+    return image
+
+
+def preprocess(image: np.ndarray, pp: Preprocess) -> np.ndarray:
+    """One HxWx3 uint8 RGB image -> (3, h, w) float32 normalised tensor."""
+    image = validate_image(image)
+    x = resize(image.astype(np.float32) * np.float32(pp.scale), pp.height, pp.width)
+    x = (x - np.asarray(pp.mean, np.float32)) / np.asarray(pp.std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+
+
+def preprocess_batch(images: list[np.ndarray], pp: Preprocess) -> np.ndarray:
+    """A list of images (any sizes) -> (N, 3, h, w) float32."""
+    if len(images) == 0:
+        raise InputError("empty batch")
+    return np.stack([preprocess(im, pp) for im in images])
+
+
+def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
+    z = logits - logits.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def logits_to_original(logits: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(C, h, w) logits -> (C, H, W) logits at the original image size (bilinear)."""
+    if logits.ndim != 3:
+        raise InputError(f"expected (C, h, w) logits, got shape {logits.shape}")
+    return resize_chw(logits, height, width)
+
+
+def postprocess(logits: np.ndarray, height: int, width: int, probabilities: bool = False):
+    """(C, h, w) logits -> uint8 label mask (H, W) [and float32 probabilities (C, H, W)]."""
+    up = logits_to_original(np.asarray(logits, np.float32), height, width)
+    mask = up.argmax(axis=0).astype(np.uint8)
+    if probabilities:
+        return mask, softmax(up, axis=0).astype(np.float32)
+    return mask
