@@ -116,6 +116,119 @@ def train(
                            "epoch": meta["metrics"].get("epoch")}, indent=2))
 
 
+def _spacing(value: Optional[str]):
+    from edgeseg.errors import ConfigError
+
+    if value is None:
+        return None
+    try:
+        parts = [float(v) for v in value.split(",")]
+    except ValueError:
+        raise ConfigError(f"--spacing needs 'sy,sx' in physical units per pixel, got {value!r}") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise ConfigError(f"--spacing needs two positive numbers 'sy,sx', got {value!r}")
+    return tuple(parts)
+
+
+def _providers(value: Optional[str]):
+    return [p.strip() for p in value.split(",") if p.strip()] if value else None
+
+
+@command
+def evaluate(
+    model: Path = typer.Argument(..., help="HF checkpoint dir, bundle dir, .onnx or .engine."),
+    data: Path = typer.Argument(..., help="Labelled folder (images/ + masks/)."),
+    split: Optional[str] = typer.Option(None, help="Split name (DATA/splits/NAME.txt) or file."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the summary as JSON."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write per-image metrics as CSV."),
+    spacing: Optional[str] = typer.Option(None, help="Pixel spacing 'sy,sx' for HD95 in physical units."),
+    providers: Optional[str] = typer.Option(None, help="ONNX Runtime providers, e.g. cpu or cuda,cpu."),
+    threads: Optional[int] = typer.Option(None, help="Inference threads."),
+    device: str = typer.Option("cpu", help="torch device for checkpoints."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Dice, IoU, precision, recall, specificity, accuracy, ROC-AUC, HD95 of any model on a folder."""
+    _setup_logging(verbose)
+    from edgeseg import data as D
+    from edgeseg.evaluate import evaluate as run_eval
+    from edgeseg.evaluate import format_table, write_json, write_rows_csv
+    from edgeseg.runners import open_model
+
+    samples = D.discover(data, split)
+    seg = open_model(model, providers=_providers(providers), threads=threads, device=device)
+    summary, rows, _ = run_eval(seg, samples, spacing=_spacing(spacing), progress=not quiet)
+    typer.echo(f"model: {model}  ({seg.runner.name})\ndata:  {data}" + (f"  split {split}" if split else ""))
+    typer.echo(format_table(summary))
+    if json_out:
+        write_json({"model": str(model), "runner": seg.runner.name, "data": str(data), "split": split,
+                    "summary": summary}, json_out)
+    if csv_out:
+        write_rows_csv(rows, csv_out)
+
+
+@command
+def predict(
+    model: Path = typer.Argument(..., help="HF checkpoint dir, bundle dir, .onnx or .engine."),
+    images: Path = typer.Argument(..., help="An image file, or a folder of images (searched recursively)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder."),
+    overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Also write colour overlays."),
+    probs: bool = typer.Option(False, "--probs", help="Also write probability maps."),
+    providers: Optional[str] = typer.Option(None),
+    threads: Optional[int] = typer.Option(None),
+    device: str = typer.Option("cpu"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Masks (PNG, original size), overlays and optional probability maps."""
+    _setup_logging(verbose)
+    from edgeseg.predict import predict_folder
+    from edgeseg.runners import open_model
+
+    seg = open_model(model, providers=_providers(providers), threads=threads, device=device)
+    written = predict_folder(seg, images, out, overlay=overlay, probs=probs)
+    typer.echo(json.dumps({"images": len(written), "out": str(out)}))
+
+
+@command
+def export(
+    model: Path = typer.Argument(..., help="HF checkpoint dir (or, for --format tensorrt, a bundle)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Bundle directory (or .engine file) to write."),
+    format: str = typer.Option("bundle", "--format", help="bundle (ONNX + manifest) or tensorrt."),
+    fp16: bool = typer.Option(False, "--fp16", help="FP16 weights/activations (LayerNorm, Softmax stay FP32)."),
+    fold: bool = typer.Option(True, "--fold/--no-fold", help="Exact decode-head folding."),
+    opset: int = typer.Option(17),
+    dynamic_hw: bool = typer.Option(False, "--dynamic-hw", help="Dynamic height/width (batch is always dynamic)."),
+    postprocess: str = typer.Option("none", help="In-graph post-processing: none, mask, probs, mask+probs."),
+    data: Optional[Path] = typer.Option(None, help="Images for the parity check (default: embedded set)."),
+    split: Optional[str] = typer.Option(None),
+    parity_images: int = typer.Option(16, help="How many images the parity check uses (0 = all)."),
+    precision: str = typer.Option("auto", help="tensorrt: auto, fp32, fp16 or int8."),
+    timing_cache: Optional[Path] = typer.Option(None, help="tensorrt: timing cache file."),
+    dla_core: Optional[int] = typer.Option(None, help="tensorrt: DLA core (Jetson)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Export a checkpoint to a verified bundle, or a bundle to a TensorRT engine."""
+    _setup_logging(verbose)
+    from edgeseg.errors import ConfigError
+
+    if format == "tensorrt":
+        from edgeseg.export.tensorrt import build_engine
+
+        path = build_engine(model, out, precision=precision, timing_cache=timing_cache, dla_core=dla_core)
+        typer.echo(json.dumps({"engine": str(path)}))
+        return
+    if format != "bundle":
+        raise ConfigError(f"unknown --format {format!r}; choose bundle or tensorrt")
+    from edgeseg.export.onnx import ExportConfig
+    from edgeseg.export.pipeline import export_bundle
+
+    cfg = ExportConfig(opset=opset, fp16=fp16, fold=fold, dynamic_hw=dynamic_hw, postprocess=postprocess)
+    path, rep = export_bundle(model, out, cfg, data=data, split=split, limit=parity_images)
+    typer.echo(json.dumps({"bundle": str(path), "parity": rep}, indent=2))
+
+
 def main() -> None:  # pragma: no cover
     app()
 

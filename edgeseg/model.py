@@ -195,6 +195,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu"):
     cfg = _check_dir(path)
     _check_safetensors(path / "model.safetensors")
     meta = read_meta(path)
+    hf_logging.disable_progress_bar()
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:

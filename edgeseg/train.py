@@ -257,7 +257,7 @@ def train(cfg: TrainConfig) -> Path:
             opt.step()
             sched.step()
             state.step += 1
-            losses.append(float(loss))
+            losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         bar.close()

@@ -1,0 +1,83 @@
+"""Score any model on a labelled folder, the same way for torch, ONNX, bundles and engines."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg import data as D
+from edgeseg.errors import DataError
+from edgeseg.runtime.metrics import MetricAccumulator
+from edgeseg.runtime.segmenter import Segmenter
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(seg: Segmenter, samples: list[D.Sample], spacing=None, progress: bool = False,
+             keep_masks: bool = False):
+    """-> (summary dict, per-image rows, {name: predicted mask} if keep_masks)."""
+    from tqdm import tqdm
+
+    if not samples:
+        raise DataError("nothing to evaluate: no images")
+    nc = seg.num_classes
+    acc = MetricAccumulator(num_classes=nc, spacing=spacing)
+    masks = {}
+    for s in tqdm(samples, desc="evaluate", disable=not progress, file=sys.stderr, leave=False):
+        image, gt = D.load_pair(s, nc)
+        mask, prob = seg.predict(image, probabilities=True)
+        acc.add(mask, gt, prob=prob[1] if nc == 2 else prob, name=s.name)
+        if keep_masks:
+            masks[s.name] = mask
+    return acc.summary(), acc.rows(), masks
+
+
+def write_rows_csv(rows: list[dict], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+    return path
+
+
+def write_json(obj, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _jsonable(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o).__name__)
+
+
+def format_table(summary: dict) -> str:
+    keys = ["dice", "iou", "precision", "recall", "specificity", "accuracy", "auc", "hd95"]
+    lines = [f"{'metric':<12} {'mean':>9} {'pooled':>9}"]
+    for k in keys:
+        mean = summary.get(f"mean_{k}", float("nan"))
+        pooled = summary.get(f"pooled_{k}")
+        ps = f"{pooled:9.4f}" if isinstance(pooled, float) else f"{'':>9}"
+        lines.append(f"{k:<12} {mean:9.4f} {ps}")
+    lines.append(f"{'median dice':<12} {summary.get('median_dice', float('nan')):9.4f}")
+    lines.append(f"images: {summary.get('n_images')}  (hd95 infinite on {summary.get('hd95_inf', 0)}: "
+                 "one of prediction / ground truth empty)")
+    return "\n".join(lines)

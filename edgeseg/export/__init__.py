@@ -1,0 +1,1 @@
+"""Export: ONNX (with exact folding and parity checks), bundles, TensorRT engines."""

@@ -1,0 +1,100 @@
+"""``edgeseg export``: checkpoint -> (folded) ONNX -> parity check on real images -> bundle."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from edgeseg import __version__
+from edgeseg import data as D
+from edgeseg.errors import DataError
+from edgeseg.export.onnx import ExportConfig, export_onnx
+from edgeseg.export.validate import Tolerance, check, parity, tolerance_dict
+from edgeseg.model import CheckpointMeta, checkpoint_sha256, load_checkpoint
+from edgeseg.runners import torch_segmenter
+from edgeseg.runtime.bundle import write_bundle
+from edgeseg.runtime.segmenter import Segmenter
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DATA = Path(__file__).resolve().parents[2] / "calibration_data"
+
+
+def default_data() -> Path:
+    if not (EMBEDDED_DATA / "images").is_dir():
+        raise DataError("no --data given and the embedded calibration_data/ folder is not present "
+                        "(install edgeseg from its source tree, or pass --data DIR)")
+    return EMBEDDED_DATA
+
+
+def parity_samples(data: str | Path | None, split: str | None, limit: int) -> list[D.Sample]:
+    root = Path(data) if data else default_data()
+    if data is None and split is None:
+        split = "val"
+    labelled = (root / "masks").is_dir()
+    samples = D.discover(root, split, require_masks=labelled)
+    return samples[:limit] if limit else samples
+
+
+def versions() -> dict:
+    import numpy
+    import onnx
+    import onnxruntime
+    import torch
+    import transformers
+
+    return {"edgeseg": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
+def manifest_for(meta: CheckpointMeta, source: Path | None, extra: dict | None = None) -> dict:
+    m = {
+        "model": "model.onnx",
+        "preprocess": meta.preprocess.to_dict(),
+        "classes": list(meta.classes),
+        "colors": [list(c) for c in meta.colors],
+        "provenance": {
+            "source_checkpoint": str(source) if source else None,
+            "source_sha256": checkpoint_sha256(source) if source else None,
+            "checkpoint_provenance": meta.provenance,
+            "versions": versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+        "metrics": {"checkpoint": meta.metrics},
+    }
+    if extra:
+        m.update(extra)
+    return m
+
+
+def export_bundle(checkpoint: str | Path, out: str | Path, cfg: ExportConfig = ExportConfig(),
+                  data: str | Path | None = None, split: str | None = None, limit: int = 16,
+                  tol: Tolerance | None = None, model=None, meta: CheckpointMeta | None = None,
+                  extra_manifest: dict | None = None) -> tuple[Path, dict]:
+    """Export a checkpoint to a verified bundle. Returns (bundle path, parity report)."""
+    checkpoint = Path(checkpoint) if checkpoint else None
+    if model is None:
+        model, meta = load_checkpoint(checkpoint)
+    samples = parity_samples(data, split, limit)
+    pp = meta.preprocess
+    info = {"preprocess": pp.to_dict(), "classes": meta.classes, "colors": [list(c) for c in meta.colors]}
+    tol = tol or Tolerance.for_precision("fp16" if cfg.fp16 else "fp32")
+    with tempfile.TemporaryDirectory(prefix=".edgeseg-export-", dir=Path(out).parent if Path(out).parent.exists()
+                                     else None) as td:
+        onnx_path = export_onnx(model, Path(td) / "model.onnx", pp.height, pp.width, cfg, metadata=info)
+        ref = torch_segmenter(model, meta)
+        cand = Segmenter(onnx_path)
+        rep = parity(ref, cand, samples, check_logits=cfg.postprocess == "none")
+        rep["tolerance"] = tolerance_dict(tol)
+        check(rep, tol, "exported ONNX")
+        manifest = manifest_for(meta, checkpoint, extra_manifest)
+        manifest.update(outputs=cand.outputs, precision="fp16" if cfg.fp16 else "fp32",
+                        export=asdict(cfg), parity=rep)
+        manifest.setdefault("stages", [])
+        path = write_bundle(out, {"model.onnx": onnx_path}, manifest)
+    return path, rep

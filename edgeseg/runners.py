@@ -1,0 +1,63 @@
+"""Open any model edgeseg knows (HF checkpoint dir, bundle, ONNX file, TensorRT engine) as a
+``Segmenter``, so evaluate / predict / bench / export checks treat every backend the same way.
+The torch runner lives here, in the toolkit half; the others live in ``edgeseg.runtime``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.errors import ModelError
+from edgeseg.runtime.segmenter import Segmenter
+
+
+class TorchRunner:
+    """Runs a SegformerForSemanticSegmentation; NCHW float32 in, {"logits": ...} out."""
+
+    def __init__(self, model, device: str = "cpu") -> None:
+        self.model = model.to(device).eval()
+        self.device = device
+        self.name = f"torch-{device.split(':')[0]}"
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+            logits = self.model(pixel_values=x).logits
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            return {"logits": logits.float().cpu().numpy()}
+
+    def close(self) -> None:
+        self.model = None
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / "config.json").is_file()
+
+
+def torch_segmenter(model, meta, device: str = "cpu", path: str | Path = "<memory>") -> Segmenter:
+    info = {"preprocess": meta.preprocess.to_dict(), "classes": meta.classes,
+            "colors": [list(c) for c in meta.colors], "outputs": [{"name": "logits", "kind": "logits"}]}
+    return Segmenter.from_runner(TorchRunner(model, device), info, path)
+
+
+def open_model(path: str | Path, providers: list[str] | None = None, threads: int | None = None,
+               device: str = "cpu") -> Segmenter:
+    """The one way the toolkit opens a model to run it."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model not found: {path}")
+    if is_checkpoint(path):
+        from edgeseg.model import load_checkpoint
+
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        model, meta = load_checkpoint(path, device=device)
+        return torch_segmenter(model, meta, device, path)
+    return Segmenter(path, providers=providers, threads=threads)

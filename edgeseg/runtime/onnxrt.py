@@ -1,0 +1,99 @@
+"""ONNX Runtime runner (CPU by default; CUDA / TensorRT execution providers where installed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.runtime.errors import BundleError, EdgesegError, InputError
+
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+}
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise EdgesegError("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)") from None
+    return onnxruntime
+
+
+def resolve_providers(providers: list[str] | None) -> list[str]:
+    ort = _ort()
+    available = ort.get_available_providers()
+    if not providers:
+        return ["CPUExecutionProvider"]
+    out = []
+    for p in providers:
+        name = PROVIDER_ALIASES.get(p.lower(), p)
+        if name not in available:
+            raise EdgesegError(f"execution provider {p!r} is not available here; available: {', '.join(available)}")
+        out.append(name)
+    if "CPUExecutionProvider" not in out:
+        out.append("CPUExecutionProvider")
+    return out
+
+
+class OnnxRuntimeRunner:
+    """Runs an ONNX file. ``infer`` takes NCHW float32 and returns every graph output by name.
+
+    One InferenceSession; ``run`` is safe to call from several threads at once (ORT's rule).
+    """
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None,
+                 inter_op_threads: int | None = 1) -> None:
+        ort = _ort()
+        path = Path(path)
+        if not path.is_file():
+            raise BundleError(f"ONNX model not found: {path}")
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            so.intra_op_num_threads = int(threads)
+        if inter_op_threads:
+            so.inter_op_num_threads = int(inter_op_threads)
+        so.log_severity_level = 3
+        self.providers = resolve_providers(providers)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=so, providers=self.providers)
+        except Exception as exc:  # ORT raises its own Fail / InvalidGraph / InvalidProtobuf types
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise BundleError(f"cannot load ONNX model {path.name}: {msg[:300]}") from None
+        self.path = path
+        self.name = "onnxruntime-" + self.session.get_providers()[0].replace("ExecutionProvider", "").lower()
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_shape = inp.shape
+        self.input_type = inp.type
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if not isinstance(batch, np.ndarray) or batch.ndim != 4:
+            raise InputError(f"expected an NCHW array, got {getattr(batch, 'shape', type(batch).__name__)}")
+        if self.input_type == "tensor(float16)":
+            batch = batch.astype(np.float16)
+        else:
+            batch = np.ascontiguousarray(batch, dtype=np.float32)
+        for i, (want, got) in enumerate(zip(self.input_shape, batch.shape)):
+            if isinstance(want, int) and want != got:
+                raise InputError(f"model input dimension {i} is fixed at {want}, got {got}")
+        outs = self.session.run(None, {self.input_name: batch})
+        return dict(zip(self.output_names, outs))
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def close(self) -> None:
+        self.session = None
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

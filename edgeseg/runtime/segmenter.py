@@ -1,0 +1,142 @@
+"""``Segmenter``: open a bundle (or an edgeseg ONNX file), give it RGB images, get masks back.
+
+Applies the bundle's own pre-processing, runs the graph, and maps the result back to each
+image's original size. Safe to share across threads: it holds no per-call state.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.runtime.bundle import Bundle, is_bundle, read_bundle
+from edgeseg.runtime.errors import BundleError, InputError
+from edgeseg.runtime.preprocess import Preprocess, postprocess, preprocess, resize_chw, softmax, validate_image
+
+ONNX_META_KEY = "edgeseg"  # exported ONNX files carry their manifest subset in metadata_props
+
+
+class Segmenter:
+    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None,
+                 verify: bool = True) -> None:
+        path = Path(path)
+        self.bundle: Bundle | None = None
+        if is_bundle(path):
+            self.bundle = read_bundle(path, verify=verify)
+            model_file = self.bundle.model_file
+            info = self.bundle.manifest
+        elif path.is_file() and path.suffix in (".engine", ".plan"):
+            info = _sidecar(path)
+            model_file = path
+        elif path.is_file() and path.suffix == ".onnx":
+            model_file = path
+            info = None
+        elif path.is_dir():
+            raise BundleError(f"{path} is not a bundle (no edgeseg.json)")
+        else:
+            raise BundleError(f"model not found or of unknown type: {path} (expected a bundle dir, .onnx or .engine)")
+        if model_file.suffix in (".engine", ".plan"):
+            from edgeseg.runtime.tensorrt import TensorRTRunner
+
+            self.runner = TensorRTRunner(model_file)
+        else:
+            from edgeseg.runtime.onnxrt import OnnxRuntimeRunner
+
+            self.runner = OnnxRuntimeRunner(model_file, providers=providers, threads=threads)
+        if info is None:
+            meta = self.runner.metadata().get(ONNX_META_KEY)
+            if meta is None:
+                raise BundleError(f"{path.name} carries no edgeseg metadata: export it with `edgeseg export` "
+                                  "or open its bundle, so pre-processing is known rather than guessed")
+            info = json.loads(meta)
+        self.info = info
+        self.preprocess_spec = Preprocess.from_dict(info["preprocess"])
+        self.classes: list[str] = list(info["classes"])
+        self.outputs: list[dict] = list(info["outputs"])
+        self.path = path
+        kinds = {o["kind"]: o["name"] for o in self.outputs}
+        if "logits" not in kinds and "probs" not in kinds and "mask" not in kinds:
+            raise BundleError(f"{path}: the model declares no usable output")
+        self._kinds = kinds
+
+    @classmethod
+    def from_runner(cls, runner, info: dict, path: str | Path = "<memory>") -> "Segmenter":
+        """Wrap any runner (e.g. the toolkit's torch runner) with the same pre/post-processing."""
+        self = cls.__new__(cls)
+        self.bundle = None
+        self.runner = runner
+        self.info = info
+        self.preprocess_spec = Preprocess.from_dict(info["preprocess"])
+        self.classes = list(info["classes"])
+        self.outputs = list(info["outputs"])
+        self.path = Path(path)
+        self._kinds = {o["kind"]: o["name"] for o in self.outputs}
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def prepare(self, images: list[np.ndarray]) -> np.ndarray:
+        return np.stack([preprocess(im, self.preprocess_spec) for im in images])
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Model only: NCHW float32 in, raw graph outputs out."""
+        return self.runner.infer(batch)
+
+    def finish(self, outs: dict[str, np.ndarray], sizes: list[tuple[int, int]], probabilities: bool = False):
+        """Graph outputs -> per-image masks (and probabilities) at the original sizes."""
+        results = []
+        for i, (h, w) in enumerate(sizes):
+            if "logits" in self._kinds:
+                results.append(postprocess(outs[self._kinds["logits"]][i].astype(np.float32), h, w, probabilities))
+            elif "probs" in self._kinds:
+                p = resize_chw(outs[self._kinds["probs"]][i].astype(np.float32), h, w)
+                p = p / np.maximum(p.sum(axis=0, keepdims=True), 1e-12)
+                m = p.argmax(axis=0).astype(np.uint8)
+                results.append((m, p) if probabilities else m)
+            else:
+                if probabilities:
+                    raise InputError("this model outputs masks only; probabilities are not available")
+                m = outs[self._kinds["mask"]][i]
+                results.append(_nearest(m, h, w))
+        return results
+
+    def predict(self, image: np.ndarray, probabilities: bool = False):
+        """One HxWx3 uint8 RGB image -> uint8 mask (H, W) [, float32 probabilities (C, H, W)]."""
+        return self.predict_batch([image], probabilities)[0]
+
+    def predict_batch(self, images, probabilities: bool = False) -> list:
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)
+        if not isinstance(images, (list, tuple)) or not images:
+            raise InputError("predict_batch needs a non-empty list of HxWx3 uint8 images (or an NxHxWx3 array)")
+        images = [validate_image(im) for im in images]
+        batch = self.prepare(images)
+        outs = self.infer(batch)
+        return self.finish(outs, [im.shape[:2] for im in images], probabilities)
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def _nearest(mask: np.ndarray, h: int, w: int) -> np.ndarray:
+    mh, mw = mask.shape
+    rows = np.minimum(((np.arange(h) + 0.5) * mh / h).astype(int), mh - 1)
+    cols = np.minimum(((np.arange(w) + 0.5) * mw / w).astype(int), mw - 1)
+    return mask[rows][:, cols].astype(np.uint8)
+
+
+def _sidecar(engine: Path) -> dict:
+    side = engine.with_suffix(engine.suffix + ".json")
+    if not side.is_file():
+        raise BundleError(f"TensorRT engine {engine.name} has no sidecar {side.name} describing its pre-processing")
+    try:
+        return json.loads(side.read_text())
+    except json.JSONDecodeError:
+        raise BundleError(f"{side} is not valid JSON") from None
+
+
+__all__ = ["Segmenter", "softmax"]
