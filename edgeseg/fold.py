@@ -26,19 +26,25 @@ from edgeseg.errors import ModelError
 class FoldedDecodeHead(nn.Module):
     """Drop-in replacement for ``SegformerDecodeHead`` in eval mode."""
 
-    def __init__(self, stage_convs: list[nn.Conv2d], bias: torch.Tensor, classifier: nn.Conv2d) -> None:
+    def __init__(self, stage_convs: list[nn.Conv2d], classifier: nn.Conv2d) -> None:
         super().__init__()
+        # stage_convs[0] (full resolution) carries the folded bias; the others have none
         self.stage_convs = nn.ModuleList(stage_convs)
-        self.register_buffer("fused_bias", bias.view(1, -1, 1, 1).clone())
         self.activation = nn.ReLU()
         self.classifier = classifier
+
+    @classmethod
+    def empty(cls, in_channels: list[int], width: int, num_labels: int) -> "FoldedDecodeHead":
+        """The module structure only (weights to be loaded), e.g. for a pruned checkpoint."""
+        convs = [nn.Conv2d(c, width, kernel_size=1, bias=(i == 0)) for i, c in enumerate(in_channels)]
+        return cls(convs, nn.Conv2d(width, num_labels, kernel_size=1))
 
     def forward(self, encoder_hidden_states, **kwargs) -> torch.Tensor:
         size = encoder_hidden_states[0].shape[2:]
         acc = self.stage_convs[0](encoder_hidden_states[0])
         for h, conv in zip(encoder_hidden_states[1:], self.stage_convs[1:]):
             acc = acc + nn.functional.interpolate(conv(h), size=size, mode="bilinear", align_corners=False)
-        return self.classifier(self.activation(acc + self.fused_bias))
+        return self.classifier(self.activation(acc))
 
 
 @torch.no_grad()
@@ -66,11 +72,12 @@ def fold_decode_head(model) -> nn.Module:
         wf_i = wf[:, j * d_in:(j + 1) * d_in]
         a = s[:, None] * (wf_i @ proj.proj.weight.double())  # (D, C_i)
         bias += wf_i @ proj.proj.bias.double()
-        conv = nn.Conv2d(a.shape[1], a.shape[0], kernel_size=1, bias=False)
+        conv = nn.Conv2d(a.shape[1], a.shape[0], kernel_size=1, bias=(i == 0))
         conv.weight.copy_(a.float()[:, :, None, None])
         convs.append(conv)
     c = s * (bias - bn.running_mean.double()) + bn.bias.double()
-    folded = FoldedDecodeHead(convs, c.float(), head.classifier)
+    convs[0].bias.copy_(c.float())
+    folded = FoldedDecodeHead(convs, head.classifier)
     folded.to(head.classifier.weight.device).eval()
     model.decode_head = folded
     return model
