@@ -229,6 +229,103 @@ def export(
     typer.echo(json.dumps({"bundle": str(path), "parity": rep}, indent=2))
 
 
+@command
+def bench(
+    models: List[Path] = typer.Argument(..., help="Models: HF checkpoint dirs, bundle dirs, .onnx, .engine."),
+    data: Path = typer.Option(..., "--data", help="Labelled folder (images/ + masks/)."),
+    split: Optional[str] = typer.Option(None, help="Split name (DATA/splits/NAME.txt) or file."),
+    reference: Optional[Path] = typer.Option(None, help="Reference for Dice drop (default: first checkpoint)."),
+    runs: int = typer.Option(50, help="Timed calls per batch size."),
+    warmup: int = typer.Option(5, help="Untimed calls first."),
+    batch_sizes: str = typer.Option("1", "--batch-sizes", help="Comma-separated, e.g. 1,4."),
+    threads: Optional[int] = typer.Option(None, help="Inference threads (torch and ONNX Runtime)."),
+    providers: Optional[List[str]] = typer.Option(
+        None, help="ONNX Runtime backend, e.g. cpu or cuda,cpu; repeat to bench each ONNX model on several."),
+    device: str = typer.Option("cpu", help="torch device for checkpoints."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure as JSON."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for bench.csv, bench.md and PNG plots."),
+    baseline: Optional[Path] = typer.Option(None, help="A previous --json result: exit 1 on regressions."),
+    tol: float = typer.Option(0.10, help="Allowed relative p50 slow-down vs --baseline (also >= 3x spread)."),
+    tol_dice: float = typer.Option(0.01, help="Allowed Dice loss vs --baseline."),
+    max_images: Optional[int] = typer.Option(None, help="Use only the first N images."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Latency (model-only and end-to-end), throughput, memory, size, Dice and its drop per model x backend."""
+    _setup_logging(verbose)
+    from edgeseg.bench import BenchConfig, compare_baseline, load_result, parse_batch_sizes
+    from edgeseg.bench import bench as run_bench
+    from edgeseg.evaluate import write_json
+    from edgeseg import report
+
+    cfg = BenchConfig(runs=runs, warmup=warmup, batch_sizes=parse_batch_sizes(batch_sizes), threads=threads,
+                      providers=tuple(tuple(_providers(p) or ["cpu"]) for p in (providers or ["cpu"])),
+                      device=device, max_images=max_images)
+    base = load_result(baseline) if baseline else None
+    if out:
+        report.require_matplotlib()
+    result = run_bench(models, data, split=split, reference=reference, config=cfg, progress=not quiet)
+    typer.echo(report.format_table(result))
+    if json_out:
+        write_json(result, json_out)
+    if out:
+        report.write_report(result, out)
+    if base is not None:
+        regressions = compare_baseline(result, base, tol_rel=tol, tol_dice=tol_dice)
+        if regressions:
+            typer.echo(f"error: {len(regressions)} regression(s) vs {baseline}: " + "; ".join(regressions), err=True)
+            raise typer.Exit(1)
+        typer.echo(f"no regression vs {baseline}")
+
+
+@command
+def compress(
+    checkpoint: Optional[Path] = typer.Argument(None, help="Teacher HF checkpoint dir (default: the embedded demo teacher)."),
+    out: Path = typer.Option(Path("runs/compressed"), "-o", "--out", help="Output folder (bundle/, report.*, stages/)."),
+    calib: Optional[Path] = typer.Option(None, help="Folder of real images for INT8 calibration and pruning."),
+    calib_split: Optional[str] = typer.Option(None),
+    calib_count: Optional[int] = typer.Option(None, help="How many calibration images."),
+    val: Optional[Path] = typer.Option(None, help="Labelled folder to score every stage on."),
+    val_split: Optional[str] = typer.Option(None),
+    train: Optional[Path] = typer.Option(None, help="Labelled folder for distillation (default: the teacher's)."),
+    train_split: Optional[str] = typer.Option(None),
+    recipe: Optional[Path] = typer.Option(None, help="A recipe JSON file; flags given here override it."),
+    prune_ratio: Optional[float] = typer.Option(None, help="Fraction of Mix-FFN channels to remove."),
+    decoder_ratio: Optional[float] = typer.Option(None, help="Fraction of decode-head width to remove."),
+    target_macs: Optional[float] = typer.Option(None, help="Prune until MACs <= this fraction of the folded model."),
+    importance: Optional[str] = typer.Option(None, help="magnitude or taylor (data-driven)."),
+    distill_epochs: Optional[int] = typer.Option(None, help="Distillation epochs (0 = none)."),
+    int8: Optional[bool] = typer.Option(None, "--int8/--no-int8", help="INT8 quantization."),
+    target: Optional[str] = typer.Option(None, help="INT8 recipe: cpu or tensorrt."),
+    calib_method: Optional[str] = typer.Option(None, help="minmax, entropy or percentile."),
+    max_dice_drop: Optional[float] = typer.Option(None, help="Dice budget vs the teacher for the INT8 guard."),
+    device: Optional[str] = typer.Option(None, help="Distillation device: cpu, cuda, auto."),
+    threads: Optional[int] = typer.Option(None, help="Threads for timing and training."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Fold, prune, distill, export, quantize and bundle a SegFormer, with a per-stage report."""
+    _setup_logging(verbose)
+    from edgeseg.compress import Compressor, Recipe, default_job
+
+    given = dict(calib=calib, calib_split=calib_split, calib_count=calib_count, val=val, val_split=val_split,
+                 train=train, train_split=train_split, prune_ratio=prune_ratio, decoder_ratio=decoder_ratio,
+                 target_macs=target_macs, importance=importance, distill_epochs=distill_epochs, int8=int8,
+                 target=target, calib_method=calib_method, max_dice_drop=max_dice_drop, device=device,
+                 threads=threads)
+    given = {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items() if v is not None}
+    if checkpoint is None:
+        checkpoint, defaults = default_job()
+        given = {**defaults, **given}
+        typer.echo(f"no checkpoint given: compressing the embedded demo teacher {checkpoint}", err=True)
+    rec = Recipe.from_file(recipe, **given) if recipe else Recipe(**given)
+    report = Compressor(checkpoint, out, rec, progress=not quiet).run()
+    from edgeseg.compress import terminal_table
+
+    typer.echo(terminal_table(report))
+    typer.echo(f"bundle: {report['bundle']}\nreport: {out / 'report.md'}")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -263,8 +263,19 @@ def save_checkpoint(model, meta: CheckpointMeta, out: str | Path) -> Path:
     model.config.label2id = {c: i for i, c in enumerate(meta.classes)}
     from transformers.utils import logging as hf_logging
 
+    from edgeseg.prune import annotate_config
+
     hf_logging.disable_progress_bar()
+    annotate_config(model)
     with atomic_dir(out) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        if getattr(model.config, "edgeseg_widths", None):
+            # non-standard shapes: our own key names, which load_pruned reads back 1:1
+            from safetensors.torch import save_file
+
+            model.config.save_pretrained(str(tmp))
+            save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+                      str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        else:
+            model.save_pretrained(str(tmp), safe_serialization=True)
         (tmp / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
     return out

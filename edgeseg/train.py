@@ -187,9 +187,7 @@ def train(cfg: TrainConfig) -> Path:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
-    out = Path(cfg.out)
-    resume_dir = out.parent / f".{out.name}.resume"
+    pick_device(cfg.device)  # fail early on a device that is not there
     num_classes = len(cfg.classes)
     pp = Preprocess(height=cfg.size, width=cfg.size)
 
@@ -217,41 +215,90 @@ def train(cfg: TrainConfig) -> Path:
     else:
         model = build_model(cfg.variant, num_classes, cfg.config_file, seed=cfg.seed)
         provenance["init"] = "random (no pretrained weights)"
-    model.to(device)
+    return fit(model, xs, ys, val_orig, [s.name for s in val_s], pp, cfg, provenance)
 
-    # class weights from pixel frequencies: inverse square root, normalised, capped
+
+def class_weights_for(ys: np.ndarray, num_classes: int) -> np.ndarray:
+    """Inverse square root of pixel frequencies, normalised to min 1, capped at 10."""
     counts = np.bincount(ys.ravel(), minlength=num_classes).astype(np.float64) + 1
     w = (counts.sum() / counts) ** 0.5
-    w = np.minimum(w / w.min(), 10.0)
-    class_weights = torch.tensor(w, dtype=torch.float32, device=device) if cfg.class_weighting else None
+    return np.minimum(w / w.min(), 10.0)
 
-    steps_per_epoch = math.ceil(len(xs) / cfg.batch_size)
+
+def _distributed(device: str):
+    """(rank, world, device) under torchrun; (0, 1, device) otherwise."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    rank = dist.get_rank()
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    return rank, world, device
+
+
+def fit(model, xs: np.ndarray, ys: np.ndarray, val_orig, val_names, pp: Preprocess, cfg: TrainConfig,
+        provenance: dict, loss_fn=None, extra_training: dict | None = None) -> Path:
+    """The loop: AdamW + warm-up + poly decay, validation Dice each epoch, best checkpoint kept,
+    full state saved each epoch for resuming; data-parallel under ``torchrun``.
+
+    ``loss_fn(logits, x, y)`` defaults to class-weighted CE + soft Dice against the masks.
+    """
+    import torch
+
+    device = pick_device(cfg.device)
+    rank, world, device = _distributed(device)
+    out = Path(cfg.out)
+    resume_dir = out.parent / f".{out.name}.resume"
+    num_classes = len(cfg.classes)
+    model.to(device)
+    cw = torch.tensor(class_weights_for(ys, num_classes), dtype=torch.float32, device=device)
+    if loss_fn is None:
+        def loss_fn(logits, x, y):
+            return seg_loss(logits, y, cw if cfg.class_weighting else None, cfg.dice_weight)
+
+    steps_per_epoch = math.ceil(len(xs) / (cfg.batch_size * world))
     total = steps_per_epoch * cfg.epochs
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, cfg.warmup_steps, total, cfg.poly_power))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps, total, cfg.poly_power))
     state = _State()
-
     if (resume_dir / "state.json").is_file():
         state = _resume(resume_dir, model, opt, sched, cfg, device)
         log.info("resuming after epoch %d (best val Dice %.4f)", state.epoch, state.best_dice)
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[device] if device.startswith("cuda") else None)
 
     gen = torch.Generator().manual_seed(cfg.seed + state.epoch)
     x_all = torch.from_numpy(xs)
     y_all = torch.from_numpy(ys)
     t_start = time.time() - state.elapsed_s
     for epoch in range(state.epoch, cfg.epochs):
-        model.train()
-        perm = torch.randperm(len(xs), generator=gen)
-        bar = _bar(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
+        net.train()
+        perm = torch.randperm(len(xs), generator=gen)[rank::world]
+        bar = _bar(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and rank == 0)
         losses = []
         for b in range(steps_per_epoch):
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            if len(idx) == 0:
+                idx = perm[:cfg.batch_size]
             xb, yb = x_all[idx], y_all[idx]
             if cfg.augment:
                 xb, yb = augment(xb, yb, gen)
-            logits = model(pixel_values=to_tensor(xb, pp, device)).logits
-            loss = seg_loss(logits, yb.to(device), class_weights, cfg.dice_weight)
+            x = to_tensor(xb, pp, device)
+            logits = net(pixel_values=x).logits
+            loss = loss_fn(logits, x, yb.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -261,30 +308,37 @@ def train(cfg: TrainConfig) -> Path:
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         bar.close()
-        summary = evaluate_model(model, val_orig, pp, num_classes, device, names=[s.name for s in val_s])
         state.epoch = epoch + 1
         state.elapsed_s = time.time() - t_start
-        rec = {"epoch": state.epoch, "train_loss": float(np.mean(losses)), "val_dice": summary["mean_dice"],
-               "val_iou": summary["mean_iou"], "lr": sched.get_last_lr()[0], "elapsed_s": round(state.elapsed_s, 1)}
-        state.history.append(rec)
-        print(json.dumps(rec), file=sys.stderr)
-        if summary["mean_dice"] > state.best_dice:
-            state.best_dice, state.best_epoch = summary["mean_dice"], state.epoch
-            meta = CheckpointMeta(
-                preprocess=pp, classes=list(cfg.classes),
-                metrics={"val": _round(summary), "epoch": state.epoch},
-                provenance=provenance,
-                training={**{k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
-                          "device": device, "torch_threads": torch.get_num_threads(),
-                          "elapsed_s": round(state.elapsed_s, 1), "history": state.history},
-            )
-            save_checkpoint(model, meta, out)
-        _save_resume(resume_dir, model, opt, sched, state)
+        if rank == 0:
+            summary = evaluate_model(model, val_orig, pp, num_classes, device, names=val_names)
+            rec = {"epoch": state.epoch, "train_loss": float(np.mean(losses)), "val_dice": summary["mean_dice"],
+                   "val_iou": summary["mean_iou"], "lr": sched.get_last_lr()[0],
+                   "elapsed_s": round(state.elapsed_s, 1)}
+            state.history.append(rec)
+            print(json.dumps(rec), file=sys.stderr)
+            if summary["mean_dice"] > state.best_dice:
+                state.best_dice, state.best_epoch = summary["mean_dice"], state.epoch
+                meta = CheckpointMeta(
+                    preprocess=pp, classes=list(cfg.classes),
+                    metrics={"val": _round(summary), "epoch": state.epoch},
+                    provenance=provenance,
+                    training={**{k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
+                              "device": device, "world_size": world, "torch_threads": torch.get_num_threads(),
+                              "elapsed_s": round(state.elapsed_s, 1), "history": state.history,
+                              **(extra_training or {})},
+                )
+                save_checkpoint(model, meta, out)
+            _save_resume(resume_dir, model, opt, sched, state)
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
         if cfg.time_budget_min and state.elapsed_s > cfg.time_budget_min * 60:
             log.warning("time budget of %.1f min reached after epoch %d", cfg.time_budget_min, state.epoch)
             break
-    # keep the full history in the best checkpoint's metadata
-    _update_history(out, state)
+    if rank == 0:
+        _update_history(out, state)
     return out
 
 

@@ -131,11 +131,16 @@ def check_engine_digest(data: bytes, meta: dict, path: Path) -> None:
 
 def check_input_shape(shape: tuple[int, ...], engine_shape: tuple[int, ...],
                       profile: tuple[tuple[int, ...], tuple[int, ...]] | None) -> None:
-    """Refuse an input the engine cannot take. Dimension 0 above the profile's max is allowed
-    (``infer`` splits the batch); everything else must be inside [min, max] of the profile."""
+    """Refuse an input the engine cannot take. A batch (dimension 0) above the profile's max, or a
+    multiple of a fixed batch, is allowed: ``infer`` splits it. Everything else must match the
+    engine's fixed dimensions and lie inside [min, max] of its profile."""
     if len(shape) != len(engine_shape):
         raise InputError(f"engine input has {len(engine_shape)} dimensions {tuple(engine_shape)}, got shape {shape}")
     for i, (want, got) in enumerate(zip(engine_shape, shape)):
+        if i == 0 and want > 0:
+            if got % want:
+                raise InputError(f"engine batch is fixed at {want}; got {got} images, not a multiple of {want}")
+            continue
         if want >= 0 and want != got:
             raise InputError(f"engine input dimension {i} is fixed at {want}, got {got} (input shape {shape})")
     if profile is None:

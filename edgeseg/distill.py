@@ -1,0 +1,126 @@
+"""Knowledge distillation of a student SegFormer from its teacher on the user's labelled images.
+
+Loss = (1 - alpha) * (CE + Dice against the masks)
+     + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+     + beta * sum over stages of MSE(student stage features, teacher stage features)
+
+The student is the pruned teacher (same residual widths, so stage features can be matched
+directly) or a smaller variant initialised from the teacher wherever tensor shapes agree.
+Uses the shared training loop: resumable, progress bar, CPU or CUDA, DDP under torchrun.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from edgeseg import data as D
+from edgeseg.errors import ConfigError
+from edgeseg.model import build_model, checkpoint_sha256, load_checkpoint
+from edgeseg.runtime.preprocess import Preprocess
+from edgeseg.train import TrainConfig, class_weights_for, fit, load_arrays, seg_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    temperature: float = 2.0
+    alpha: float = 0.5  # weight of the teacher's soft targets vs the ground truth
+    feature_weight: float = 0.0  # stage-feature matching (students with the teacher's widths)
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError("--temperature must be > 0")
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError("--alpha must be in [0, 1]")
+        if self.feature_weight < 0:
+            raise ConfigError("--feature-weight must be >= 0")
+
+
+def init_from_teacher(student, teacher) -> int:
+    """Copy every teacher tensor whose name and shape match the student's; returns the count."""
+    t = teacher.state_dict()
+    s = student.state_dict()
+    same = {k: v for k, v in t.items() if k in s and s[k].shape == v.shape}
+    student.load_state_dict(same, strict=False)
+    return len(same)
+
+
+class _StageFeatures:
+    """Collects each encoder stage's output (after its LayerNorm) through forward hooks."""
+
+    def __init__(self, model) -> None:
+        self.feats: list[torch.Tensor] = []
+        self.handles = [st.layer_norm.register_forward_hook(self._hook) for st in model.segformer.stages]
+
+    def _hook(self, _m, _i, out) -> None:
+        self.feats.append(out)
+
+    def take(self) -> list[torch.Tensor]:
+        f, self.feats = self.feats, []
+        return f
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def make_loss(teacher, cfg: DistillConfig, class_weights, dice_weight: float = 1.0, student=None):
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    t_feats = _StageFeatures(teacher) if cfg.feature_weight > 0 else None
+    s_feats = _StageFeatures(student) if cfg.feature_weight > 0 else None
+    T = cfg.temperature
+
+    def loss_fn(logits, x, y):
+        with torch.no_grad():
+            t_logits = teacher(pixel_values=x).logits
+        gt = seg_loss(logits, y, class_weights, dice_weight)
+        kl = F.kl_div(F.log_softmax(logits / T, 1), F.softmax(t_logits / T, 1), reduction="none").sum(1).mean()
+        loss = (1 - cfg.alpha) * gt + cfg.alpha * T * T * kl
+        if t_feats is not None:
+            tf, sf = t_feats.take(), s_feats.take()
+            if len(tf) == len(sf) and all(a.shape == b.shape for a, b in zip(tf, sf)):
+                loss = loss + cfg.feature_weight * sum(F.mse_loss(b, a) for a, b in zip(tf, sf))
+        return loss
+
+    return loss_fn
+
+
+def distill(student, teacher, meta, train: TrainConfig, dcfg: DistillConfig, teacher_path: str | Path | None = None,
+            student_note: str = "") -> Path:
+    """Train ``student`` towards ``teacher`` on train.data; writes the best student to train.out."""
+    pp: Preprocess = meta.preprocess
+    nc = len(meta.classes)
+    train_s = D.discover(train.data, train.train_split)
+    val_s = D.discover(train.data, train.val_split) if train.val_split else train_s
+    xs, ys, _ = load_arrays(train_s, pp, nc)
+    _, _, val_orig = load_arrays(val_s, pp, nc, keep_original=True)
+    device = train.device if train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    teacher.to(device)
+    cw = torch.tensor(class_weights_for(ys, nc), dtype=torch.float32, device=device)
+    loss_fn = make_loss(teacher, dcfg, cw if train.class_weighting else None, train.dice_weight, student)
+    provenance = {"distilled_from": {"path": str(teacher_path) if teacher_path else None,
+                                     "sha256": checkpoint_sha256(teacher_path) if teacher_path else None,
+                                     "provenance": meta.provenance},
+                  "student": student_note, "data": str(Path(train.data).resolve()),
+                  "train_split": train.train_split, "train_set": D.fingerprint(train_s)}
+    return fit(student, xs, ys, val_orig, [s.name for s in val_s], pp, train, provenance, loss_fn=loss_fn,
+               extra_training={"distill": dcfg.__dict__})
+
+
+def student_from_variant(teacher, variant: str, num_labels: int):
+    student = build_model(variant, num_labels)
+    n = init_from_teacher(student, teacher)
+    log.info("student %s: %d tensors initialised from the teacher", variant, n)
+    return student, n
+
+
+def load_teacher(path: str | Path):
+    return load_checkpoint(path)

@@ -1,0 +1,210 @@
+"""Structured pruning of SegFormer with torch-pruning, and the pruned checkpoint format.
+
+What is pruned (channels are removed, not masked, so the graph really gets smaller):
+- Mix-FFN hidden channels of every block (fc1 outputs, the depthwise conv, fc2 inputs);
+- the decode-head width, after exact folding (the stage convs' outputs and the classifier's
+  inputs, all coupled through the sum).
+Attention heads/head dims and the residual width are left alone: on B0 the heads are few and
+narrow ([1, 2, 5, 8] x 32) and the residual stream couples every LayerNorm of a stage, so they
+buy little latency for a large accuracy risk (see ../shared/DESIGN.md).
+
+A pruned model is saved as ``config.json`` (a SegformerConfig plus ``edgeseg_widths``) and
+``model.safetensors``; :func:`load_pruned` rebuilds the module shapes from the config alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeseg.errors import ConfigError, ModelError
+from edgeseg.fold import FoldedDecodeHead, fold_decode_head
+
+log = logging.getLogger(__name__)
+
+IMPORTANCE = ("magnitude", "taylor")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    ratio: float = 0.5  # fraction of Mix-FFN hidden channels removed (all stages)
+    stage_ratios: tuple[float, ...] | None = None  # per-stage override of ``ratio``
+    decoder_ratio: float | None = None  # fraction of decode-head width removed; default = ratio
+    target_macs: float | None = None  # prune until MACs <= this fraction of the original
+    importance: str = "magnitude"
+    round_to: int = 8
+    steps: int = 5  # iterative steps when a target is given
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        for r in [self.ratio, self.decoder_ratio, *(self.stage_ratios or ())]:
+            if r is not None and not 0 <= r < 1:
+                raise ConfigError(f"pruning ratios must be in [0, 1), got {r}")
+        if self.target_macs is not None and not 0 < self.target_macs < 1:
+            raise ConfigError(f"--target-macs is a fraction of the original MACs in (0, 1), got {self.target_macs}")
+        if self.importance not in IMPORTANCE:
+            raise ConfigError(f"unknown importance {self.importance!r}; choose from {', '.join(IMPORTANCE)}")
+        if self.round_to < 1:
+            raise ConfigError("round_to must be >= 1")
+
+
+class _Logits(nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        return self.m(pixel_values=x).logits
+
+
+def count_macs_params(model, height: int, width: int) -> tuple[int, int]:
+    import torch_pruning as tp
+
+    device = next(model.parameters()).device
+    macs, params = tp.utils.count_ops_and_params(_Logits(model).eval(), torch.zeros(1, 3, height, width,
+                                                                                   device=device))
+    return int(macs), int(params)
+
+
+def mlp_blocks(model):
+    for s, stage in enumerate(model.segformer.stages):
+        for b, blk in enumerate(stage.blocks):
+            yield s, b, blk.mlp
+
+
+def widths(model) -> dict:
+    mlp: list[list[int]] = []
+    for s, b, m in mlp_blocks(model):
+        while len(mlp) <= s:
+            mlp.append([])
+        mlp[s].append(m.fc1.out_features)
+    head = model.decode_head
+    folded = isinstance(head, FoldedDecodeHead)
+    dec = head.classifier.in_channels
+    return {"mlp": mlp, "decoder": dec, "folded": folded}
+
+
+def annotate_config(model) -> None:
+    """Record non-standard shapes in the config so the checkpoint reloads without pruning code."""
+    w = widths(model)
+    cfg = model.config
+    std_mlp = [[int(h * r)] * d for h, r, d in zip(cfg.hidden_sizes, cfg.mlp_ratios, cfg.depths)]
+    if w["folded"] or w["mlp"] != std_mlp or w["decoder"] != cfg.decoder_hidden_size:
+        cfg.edgeseg_widths = w
+    elif hasattr(cfg, "edgeseg_widths"):
+        del cfg.edgeseg_widths
+
+
+def load_pruned(path: str | Path):
+    """Rebuild a pruned/folded SegFormer from its config and load its safetensors."""
+    from safetensors.torch import load_file
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    path = Path(path)
+    cfg = SegformerConfig.from_pretrained(str(path))
+    w = getattr(cfg, "edgeseg_widths", None)
+    if not isinstance(w, dict) or "mlp" not in w:
+        raise ModelError(f"{path}: config has no valid edgeseg_widths")
+    model = SegformerForSemanticSegmentation(cfg)
+    try:
+        for s, b, m in mlp_blocks(model):
+            h = int(w["mlp"][s][b])
+            c = m.fc1.in_features
+            m.fc1 = nn.Linear(c, h)
+            m.dwconv.dwconv = nn.Conv2d(h, h, 3, 1, 1, groups=h)
+            m.fc2 = nn.Linear(h, c)
+        if w.get("folded"):
+            model.decode_head = FoldedDecodeHead.empty(list(cfg.hidden_sizes), int(w["decoder"]), cfg.num_labels)
+        state = load_file(str(path / "model.safetensors"))
+        model.load_state_dict(state, strict=True)
+    except (IndexError, KeyError, TypeError, RuntimeError) as exc:
+        raise ModelError(f"{path}: weights do not match the recorded widths: {str(exc).splitlines()[0]}") from None
+    return model.eval()
+
+
+def _importance(name: str):
+    import torch_pruning as tp
+
+    if name == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    return tp.importance.GroupMagnitudeImportance(p=2)
+
+
+def prune(model, cfg: PruneConfig, calib: torch.Tensor | None = None, teacher_logits: torch.Tensor | None = None):
+    """Fold (if needed) and prune ``model`` in place; returns (model, report dict).
+
+    ``calib`` (N,3,H,W) normalised images drive the data-driven (Taylor) importance; the loss is
+    the KL divergence to the unpruned model's own predictions, so no labels are needed.
+    """
+    import torch_pruning as tp
+
+    model = model.eval()
+    fold_decode_head(model)
+    if calib is None:
+        raise ConfigError("pruning needs a few real images (calibration set) to trace the graph")
+    h, w = calib.shape[-2:]
+    example = calib[:1]
+    wrapper = _Logits(model)
+    base_macs, base_params = count_macs_params(model, h, w)
+    if cfg.importance == "taylor" and teacher_logits is None:
+        with torch.no_grad():
+            teacher_logits = wrapper(calib)
+
+    stages = max(s for s, _, _ in mlp_blocks(model)) + 1
+    stage_r = list(cfg.stage_ratios) if cfg.stage_ratios else [cfg.ratio] * stages
+    if len(stage_r) != stages:
+        raise ConfigError(f"--stage-ratios needs {stages} values, got {len(stage_r)}")
+    dec_r = cfg.ratio if cfg.decoder_ratio is None else cfg.decoder_ratio
+
+    def build(scale: float):
+        # a group can be reached from any of its layers, so give every coupled layer the ratio
+        ratio_dict = {}
+        for s, _, m in mlp_blocks(model):
+            for layer in (m.fc1, m.dwconv.dwconv):
+                ratio_dict[layer] = min(stage_r[s] * scale, 0.95)
+        for conv in model.decode_head.stage_convs:
+            ratio_dict[conv] = min(dec_r * scale, 0.95)
+        prunable = set(ratio_dict)
+        ignored = [m for m in wrapper.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and m not in prunable]
+        return tp.pruner.BasePruner(
+            wrapper, example, importance=_importance(cfg.importance), pruning_ratio=0.0,
+            pruning_ratio_dict=ratio_dict, ignored_layers=ignored, round_to=cfg.round_to,
+            iterative_steps=1,
+        )
+
+    def taylor_grads():
+        if cfg.importance != "taylor":
+            return
+        wrapper.zero_grad()
+        out = wrapper(calib)
+        loss = nn.functional.kl_div(out.log_softmax(1), teacher_logits.softmax(1), reduction="batchmean")
+        loss.backward()
+
+    if cfg.target_macs is None:
+        pruner = build(1.0)
+        taylor_grads()
+        with torch.enable_grad() if cfg.importance == "taylor" else torch.no_grad():
+            pruner.step()
+    else:
+        # iterative: a growing fraction of the configured ratios until the MACs target holds
+        for k in range(1, cfg.steps + 1):
+            macs, _ = count_macs_params(model, h, w)
+            if macs <= cfg.target_macs * base_macs:
+                break
+            pruner = build(1.0 / cfg.steps)
+            taylor_grads()
+            pruner.step()
+        macs, _ = count_macs_params(model, h, w)
+        if macs > cfg.target_macs * base_macs:
+            log.warning("MACs target %.2f not reached with ratio %.2f (at %.3f)", cfg.target_macs, cfg.ratio,
+                        macs / base_macs)
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    macs, params = count_macs_params(model, h, w)
+    report = {"macs_before": base_macs, "macs_after": macs, "params_before": base_params, "params_after": params,
+              "widths": widths(model), "config": {k: v for k, v in cfg.__dict__.items() if k != "extra"}}
+    return model, report

@@ -1,0 +1,99 @@
+import copy
+import json
+
+import pytest
+import torch
+
+from edgeseg.distill import DistillConfig, distill, init_from_teacher, make_loss
+from edgeseg.errors import ConfigError, ModelError
+from edgeseg.model import CheckpointMeta, build_model, load_checkpoint, save_checkpoint
+from edgeseg.prune import PruneConfig, count_macs_params, prune, widths
+from edgeseg.runtime.preprocess import Preprocess
+from edgeseg.train import TrainConfig
+
+
+@pytest.fixture
+def calib():
+    return torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("importance", ["magnitude", "taylor"])
+def test_prune_removes_channels_and_reloads_without_pruning_code(tmp_path, calib, importance):
+    m = build_model("b0").eval()
+    before = widths(m)
+    p, rep = prune(copy.deepcopy(m), PruneConfig(ratio=0.5, decoder_ratio=0.75, importance=importance), calib=calib)
+    w = rep["widths"]
+    assert w["folded"] and w["decoder"] == 64
+    assert all(a == b // 2 for sa, sb in zip(w["mlp"], before["mlp"]) for a, b in zip(sa, sb))
+    assert all(x % 8 == 0 for s in w["mlp"] for x in s)
+    assert rep["params_after"] < rep["params_before"] and rep["macs_after"] < rep["macs_before"]
+    save_checkpoint(p, CheckpointMeta(preprocess=Preprocess(height=64, width=64)), tmp_path / "pruned")
+    cfg = json.loads((tmp_path / "pruned/config.json").read_text())
+    assert cfg["edgeseg_widths"]["decoder"] == 64
+    q, _ = load_checkpoint(tmp_path / "pruned")  # rebuilt from config + safetensors only
+    with torch.no_grad():
+        assert torch.equal(q(pixel_values=calib).logits, p(pixel_values=calib).logits)
+
+
+def test_prune_target_macs_and_per_stage(calib):
+    m = build_model("b0").eval()
+    _, rep = prune(copy.deepcopy(m), PruneConfig(ratio=0.9, target_macs=0.8, steps=6), calib=calib)
+    assert rep["macs_after"] <= 0.8 * rep["macs_before"]
+    _, rep2 = prune(copy.deepcopy(m), PruneConfig(stage_ratios=(0.0, 0.0, 0.5, 0.5), decoder_ratio=0.0), calib=calib)
+    assert rep2["widths"]["mlp"][0] == [128, 128] and rep2["widths"]["mlp"][3] == [512, 512]
+    with pytest.raises(ConfigError, match="needs 4 values"):
+        prune(copy.deepcopy(m), PruneConfig(stage_ratios=(0.5,)), calib=calib)
+
+
+def test_prune_config_validation():
+    with pytest.raises(ConfigError):
+        PruneConfig(ratio=1.5)
+    with pytest.raises(ConfigError, match="importance"):
+        PruneConfig(importance="random")
+
+
+def test_widths_mismatch_is_a_clear_error(tmp_path, calib):
+    p, _ = prune(build_model("tiny").eval(), PruneConfig(ratio=0.5), calib=calib)
+    save_checkpoint(p, CheckpointMeta(preprocess=Preprocess(height=64, width=64)), tmp_path / "x")
+    cfg = json.loads((tmp_path / "x/config.json").read_text())
+    cfg["edgeseg_widths"]["decoder"] = 8
+    (tmp_path / "x/config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="do not match the recorded widths"):
+        load_checkpoint(tmp_path / "x")
+
+
+def test_distillation_loss_prefers_the_teacher():
+    teacher = build_model("tiny", seed=1).eval()
+    x = torch.randn(2, 3, 64, 64)
+    y = torch.zeros(2, 64, 64, dtype=torch.long)
+    loss = make_loss(teacher, DistillConfig(alpha=1.0), None)
+    with torch.no_grad():
+        t_logits = teacher(pixel_values=x).logits
+    assert loss(t_logits, x, y) < loss(-t_logits, x, y)
+    assert loss(t_logits, x, y).abs() < 1e-5  # pure KL to itself
+
+
+def test_init_from_teacher_copies_matching_tensors():
+    t = build_model("b0", seed=1)
+    s = build_model("b0", seed=2, depths=[1, 1, 1, 1])
+    n = init_from_teacher(s, t)
+    assert n > 50
+    assert torch.equal(s.segformer.stages[0].patch_embeddings.proj.weight, t.segformer.stages[0].patch_embeddings.proj.weight)
+
+
+def test_distill_pruned_student_end_to_end(tiny_ckpt, embedded, tmp_path):
+    teacher, meta = load_checkpoint(tiny_ckpt)
+    calib = torch.randn(2, 3, 64, 64)
+    student, _ = prune(copy.deepcopy(teacher), PruneConfig(ratio=0.5, decoder_ratio=0.5), calib=calib)
+    cfg = TrainConfig(data=str(embedded), out=str(tmp_path / "s"), size=64, epochs=2, batch_size=16,
+                      warmup_steps=1, progress=False, classes=tuple(meta.classes))
+    out = distill(student.train(), teacher, meta, cfg, DistillConfig(feature_weight=0.1), tiny_ckpt)
+    s, smeta = load_checkpoint(out)
+    assert smeta.provenance["distilled_from"]["sha256"]
+    assert smeta.training["distill"]["temperature"] == 2.0
+    assert widths(s)["decoder"] == widths(student)["decoder"]
+    # resumable: a second call with more epochs continues from the saved state
+    cfg2 = TrainConfig(**{**cfg.__dict__, "epochs": 3})
+    distill(s.train(), teacher, meta, cfg2, DistillConfig(), tiny_ckpt)
+    st = json.loads((tmp_path / ".s.resume/state.json").read_text())
+    assert st["epoch"] == 3
