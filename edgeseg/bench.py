@@ -20,7 +20,7 @@ Memory
     ``rss_loop_delta_mb`` come from a thread sampling the resident set every 10 ms during the
     timed loops (Linux ``/proc/self/statm``, else psutil when installed, else absent).
     ``rss_load_delta_mb`` is the growth of the resident set from just before the model was
-    opened to the end of its warm-up (``bench`` only). ``cuda_peak_mb`` is torch's
+    opened to the start of its first timed loop, after one inference (``bench`` only). ``cuda_peak_mb`` is torch's
     ``max_memory_allocated`` when the model runs on torch CUDA.
 
 Accuracy (``accuracy``)
@@ -105,6 +105,8 @@ class BenchConfig:
             raise ConfigError(f"--batch-sizes must be positive integers, got {list(self.batch_sizes)}")
         if len(set(self.batch_sizes)) != len(self.batch_sizes):
             raise ConfigError(f"--batch-sizes lists a size twice: {list(self.batch_sizes)}")
+        if not self.providers or len(set(self.providers)) != len(self.providers):
+            raise ConfigError(f"--providers must name each backend once, got {[','.join(p) for p in self.providers]}")
         if self.threads is not None and int(self.threads) < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
         if self.max_images is not None and int(self.max_images) < 1:

@@ -126,6 +126,71 @@ def load_pruned(path: str | Path):
     return model.eval()
 
 
+MAX_ROWS = 20000
+
+
+def _consumer_io(model, wrapper, calib) -> dict:
+    """Inputs and outputs of every layer that loses input channels when pruning (the fc2 of
+    each Mix-FFN, the classifier) on the calibration images, as (rows, features) float64
+    matrices subsampled to at most MAX_ROWS rows."""
+    targets = [m.fc2 for _, _, m in mlp_blocks(model)] + [model.decode_head.classifier]
+    io: dict = {}
+    gen = torch.Generator().manual_seed(0)
+
+    def hook(mod, inputs, output):
+        x, y = inputs[0].detach(), output.detach()
+        if x.dim() == 4:  # NCHW conv: pixels are rows
+            x = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+            y = y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
+        else:
+            x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+        if x.shape[0] > MAX_ROWS:
+            sel = torch.randperm(x.shape[0], generator=gen)[:MAX_ROWS]
+            x, y = x[sel], y[sel]
+        io[mod] = (x.double(), y.double())
+
+    handles = [t.register_forward_hook(hook) for t in targets]
+    try:
+        with torch.no_grad():
+            wrapper(calib)
+    finally:
+        for hd in handles:
+            hd.remove()
+    return io
+
+
+@torch.no_grad()
+def _reconstruct(group, io: dict, ridge: float = 1e-3) -> None:
+    """Refit the consumer of the removed channels so it reproduces its unpruned output.
+
+    For a layer y = W x + b losing input channels R, solve min ||W' x_K + b' - y||^2 over the
+    calibration rows (ridge-regularised least squares; K = kept channels) and write W', b'
+    into the kept columns; torch-pruning then drops the removed columns. The removed channels'
+    average contribution moves into the bias, and whatever the kept channels can explain of
+    the rest is recovered (channel-pruning reconstruction, He et al., ICCV 2017).
+    """
+    for dep, idxs in group:
+        mod = dep.target.module
+        if mod not in io or "in_channels" not in getattr(dep.handler, "__name__", str(dep.handler)):
+            continue
+        if not idxs:
+            continue
+        x, y = io[mod]
+        n_in = x.shape[1]
+        removed = set(int(i) for i in idxs)
+        kept = torch.tensor([i for i in range(n_in) if i not in removed], dtype=torch.long)
+        a = torch.cat([x[:, kept], torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
+        reg = ridge * torch.eye(a.shape[1], dtype=a.dtype) * a.pow(2).mean()
+        reg[-1, -1] = 0
+        sol = torch.linalg.solve(a.T @ a + reg * a.shape[0], a.T @ y)  # (k+1, out)
+        w = mod.weight.view(mod.weight.shape[0], mod.weight.shape[1], -1)
+        w[:, kept, 0] = sol[:-1].T.to(w.dtype)
+        if w.shape[-1] != 1:
+            raise ModelError("reconstruction supports 1x1 convolutions and linear layers only")
+        if mod.bias is not None:
+            mod.bias.copy_(sol[-1].to(mod.bias.dtype))
+
+
 def _importance(name: str):
     import torch_pruning as tp
 
@@ -138,7 +203,7 @@ def prune(model, cfg: PruneConfig, calib: torch.Tensor | None = None, teacher_lo
     """Fold (if needed) and prune ``model`` in place; returns (model, report dict).
 
     ``calib`` (N,3,H,W) normalised images drive the data-driven (Taylor) importance; the loss is
-    the KL divergence to the unpruned model's own predictions, so no labels are needed.
+    the cross-entropy against the unpruned model's own predictions, so no labels are needed.
     """
     import torch_pruning as tp
 
@@ -160,14 +225,16 @@ def prune(model, cfg: PruneConfig, calib: torch.Tensor | None = None, teacher_lo
         raise ConfigError(f"--stage-ratios needs {stages} values, got {len(stage_r)}")
     dec_r = cfg.ratio if cfg.decoder_ratio is None else cfg.decoder_ratio
 
-    def build(scale: float):
+    def build(scale: float, part: str):
         # a group can be reached from any of its layers, so give every coupled layer the ratio
         ratio_dict = {}
-        for s, _, m in mlp_blocks(model):
-            for layer in (m.fc1, m.dwconv.dwconv):
-                ratio_dict[layer] = min(stage_r[s] * scale, 0.95)
-        for conv in model.decode_head.stage_convs:
-            ratio_dict[conv] = min(dec_r * scale, 0.95)
+        if part == "encoder":
+            for s, _, m in mlp_blocks(model):
+                for layer in (m.fc1, m.dwconv.dwconv):
+                    ratio_dict[layer] = min(stage_r[s] * scale, 0.95)
+        else:
+            for conv in model.decode_head.stage_convs:
+                ratio_dict[conv] = min(dec_r * scale, 0.95)
         prunable = set(ratio_dict)
         ignored = [m for m in wrapper.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and m not in prunable]
         return tp.pruner.BasePruner(
@@ -179,25 +246,35 @@ def prune(model, cfg: PruneConfig, calib: torch.Tensor | None = None, teacher_lo
     def taylor_grads():
         if cfg.importance != "taylor":
             return
+        # cross-entropy against the unpruned model's own hard labels: unlike a KL to its own soft
+        # output (zero gradient at the start), this gives every channel a usable first-order score
         wrapper.zero_grad()
         out = wrapper(calib)
-        loss = nn.functional.kl_div(out.log_softmax(1), teacher_logits.softmax(1), reduction="batchmean")
+        loss = nn.functional.cross_entropy(out, teacher_logits.argmax(1))
         loss.backward()
 
+    def step(scale: float) -> None:
+        # encoder first, then the decoder, re-recording activations in between so the decoder's
+        # reconstruction sees the already-pruned encoder
+        for part, r in (("encoder", max(stage_r)), ("decoder", dec_r)):
+            if r * scale <= 0:
+                continue
+            pruner = build(scale, part)
+            taylor_grads()
+            io = _consumer_io(model, wrapper, calib)
+            for group in pruner.step(interactive=True):
+                _reconstruct(group, io)
+                group.prune()
+
     if cfg.target_macs is None:
-        pruner = build(1.0)
-        taylor_grads()
-        with torch.enable_grad() if cfg.importance == "taylor" else torch.no_grad():
-            pruner.step()
+        step(1.0)
     else:
         # iterative: a growing fraction of the configured ratios until the MACs target holds
-        for k in range(1, cfg.steps + 1):
+        for _ in range(cfg.steps):
             macs, _ = count_macs_params(model, h, w)
             if macs <= cfg.target_macs * base_macs:
                 break
-            pruner = build(1.0 / cfg.steps)
-            taylor_grads()
-            pruner.step()
+            step(1.0 / cfg.steps)
         macs, _ = count_macs_params(model, h, w)
         if macs > cfg.target_macs * base_macs:
             log.warning("MACs target %.2f not reached with ratio %.2f (at %.3f)", cfg.target_macs, cfg.ratio,

@@ -455,6 +455,38 @@ def _mark_int8(m, source_meta: dict | None, quant: dict) -> None:
     set_metadata(m, meta)
 
 
+def _float_graph_outputs(m) -> int:
+    """Drop the Q->DQ pair in front of each graph output, so logits/probabilities leave the model
+    in full float precision (8-bit logits would turn near-ties at class boundaries into coin
+    flips, for no speed gain: the last op is tiny). Returns the number of outputs changed."""
+    nodes = list(m.graph.node)
+    producer = {o: k for k, n in enumerate(nodes) for o in n.output}
+    uses: dict[str, int] = {}
+    for n in nodes:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    outputs = {o.name for o in m.graph.output}
+    drop: set[int] = set()
+    for name in outputs:
+        dq = producer.get(name)
+        if dq is None or nodes[dq].op_type != "DequantizeLinear":
+            continue
+        q = producer.get(nodes[dq].input[0])
+        if q is None or nodes[q].op_type != "QuantizeLinear" or uses.get(nodes[q].output[0], 0) != 1:
+            continue
+        tensor = nodes[q].input[0]
+        src = producer.get(tensor)
+        if src is None or tensor in outputs or uses.get(tensor, 0) != 1:
+            continue
+        for k, o in enumerate(nodes[src].output):
+            if o == tensor:
+                nodes[src].output[k] = name
+        drop.update((q, dq))
+    for k in sorted(drop, reverse=True):
+        del m.graph.node[k]
+    return len(drop) // 2
+
+
 _STAGE_BLOCK = [
     # transformers >= 5: segformer.stages.N.blocks.M / stages.N.patch_embeddings
     re.compile(r"/stages\.(?P<stage>\d+)/blocks\.(?P<block>\d+)/(?P<part>attention|mlp)?"),
@@ -628,8 +660,10 @@ class Int8Quantizer:
 
         Uses the stored ranges (no recalibration). Excluded nodes get no Q/DQ of their own: their
         weights stay float; an activation they share with a quantized node may still arrive
-        through that node's Q/DQ pair. Returns ``out``.
+        through that node's Q/DQ pair. Graph outputs (logits) are always left in float. The graph
+        is topologically sorted and passes ``onnx.checker``. Returns ``out``.
         """
+        import onnx
         from onnxruntime.quantization import QDQQuantizer
         from onnxruntime.quantization.quant_utils import update_opset_version
 
@@ -647,6 +681,10 @@ class Int8Quantizer:
             quantizer = QDQQuantizer(model, r.per_channel, r.reduce_range, r.weight_qtype, r.activation_qtype,
                                      self.tensors_range, [], exclude, list(r.op_types), r.extra_options())
             qmodel = quantizer.quantize_model()
+            _float_graph_outputs(qmodel)
+            quantizer.model.clean_initializers()
+            quantizer.model.topological_sort()  # Q/DQ nodes are appended; TensorRT's parser needs order
+            onnx.checker.check_model(qmodel)
         except Exception as exc:
             raise ModelError(f"quantization failed: {str(exc).splitlines()[0][:300] if str(exc) else exc!r}") \
                 from exc
@@ -734,7 +772,8 @@ def check_tensorrt_qdq(onnx_path) -> list[str]:
             zp = consts[zp_name]
             if zp.data_type != TensorProto.INT8:
                 tname = TensorProto.DataType.Name(zp.data_type)
-                hint = " (a quantized bias: keep biases float for TensorRT)" if zp.data_type == TensorProto.INT32 else ""
+                is_bias = zp.data_type == TensorProto.INT32
+                hint = " (a quantized bias: keep biases float for TensorRT)" if is_bias else ""
                 problems.append(f"{label}: zero point is {tname}; TensorRT needs signed INT8{hint}")
             elif np.any(numpy_helper.to_array(zp) != 0):
                 problems.append(f"{label}: non-zero zero point; TensorRT supports symmetric quantization only")
