@@ -343,8 +343,7 @@ class Compressor:
         src = read_bundle(export_dir)
         qz = Int8Quantizer(src.model_file, calib, recipe=r.target, method=r.calib_method)
         groups = qz.node_groups()
-        notes: dict = {"recipe": r.target, "method": r.calib_method, "calibration": calib_info,
-                       "float_blocks": [], "sensitivity": {}}
+        notes: dict = {"recipe": r.target, "method": r.calib_method, "calibration": calib_info}
         budget = r.max_dice_drop
 
         with tempfile.TemporaryDirectory(prefix=".edgeseg-q-", dir=self.out) as td:
@@ -360,30 +359,17 @@ class Compressor:
                 seg = open_model(bdir, threads=r.threads)
                 return bdir, self._dice(seg)
 
-            excluded: list[str] = []
-            bdir, dice = build(excluded, "all")
-            notes["dice_all_int8"] = dice
+            built: dict[tuple, Path] = {}
+
+            def dice_of(exclude: list[str]) -> float:
+                bdir, d = build(list(exclude), f"q{len(built)}")
+                built[tuple(exclude)] = bdir
+                return d
+
             fp32_dice = self.state["stages"]["export"]["dice"]
-            notes["dice_fp32"] = fp32_dice
-            if budget is not None and teacher_dice - fp32_dice > budget:
-                notes["fp32_over_budget_by"] = teacher_dice - fp32_dice - budget
-            if budget is not None and teacher_dice - dice > budget and dice < fp32_dice:
-                # sensitivity: how much Dice each block recovers when it alone stays float
-                gains = {}
-                for g in groups:
-                    _, d = build([g], f"s_{len(gains)}")
-                    gains[g] = d - dice
-                notes["sensitivity"] = gains
-                for g in sorted(gains, key=gains.get, reverse=True):
-                    if gains[g] <= 0:
-                        break
-                    excluded.append(g)
-                    bdir, dice = build(list(excluded), f"f_{len(excluded)}")
-                    notes["float_blocks"].append({"block": g, "dice_gain_alone": gains[g], "dice_after": dice})
-                    if teacher_dice - dice <= budget:
-                        break
-                if teacher_dice - dice > budget:
-                    notes["budget_missed_by"] = teacher_dice - dice - budget
+            excluded, dice, guard = guard_fallback(list(groups), dice_of, teacher_dice, fp32_dice, budget)
+            notes.update(guard)
+            bdir = built[tuple(excluded)]
             with atomic_dir(q_dir) as tmp:
                 for f in Path(bdir).iterdir():
                     os.replace(f, tmp / f.name)
@@ -405,6 +391,11 @@ class Compressor:
         manifest["recipe"] = _jsonable_recipe(self.recipe)
         manifest["calibration"] = calib_info
         manifest["stages"] = [_stage_summary(v) for v in results.values()]
+        if "quantize" in results:
+            q = results["quantize"].notes
+            manifest["quantization"] = {**manifest.get("quantization", {}),
+                                        **{k: q[k] for k in ("recipe", "method", "float_blocks", "dice_all_int8",
+                                                             "dice_fp32", "budget_missed_by") if k in q}}
         manifest["metrics"] = {**manifest.get("metrics", {}), "validation": {
             "data": self.recipe.val, "split": self.recipe.val_split, "images": len(self.val),
             "dice": results[list(results)[-1]].dice, "teacher_dice": results["teacher"].dice}}
@@ -453,6 +444,38 @@ def terminal_table(rep: dict) -> str:
                      f"{f(s['size_mb'], '.2f', 8)}{f(s['p50_ms'], '.1f', 9)}{f(s['dice'], '.4f', 8)}"
                      f"{f(s['dice_drop'], '+.4f', 8)}")
     return "\n".join(lines)
+
+
+def guard_fallback(groups: list[str], dice_of, teacher_dice: float, fp32_dice: float, budget: float | None):
+    """The INT8 accuracy guard. ``dice_of(float_blocks)`` quantizes everything except those
+    blocks and returns the validation Dice. Returns (blocks kept float, final Dice, notes).
+
+    1. Quantize every block; if the drop vs the teacher is within budget (or no budget), done.
+    2. Sensitivity: for each block, the Dice recovered when it alone stays float.
+    3. Return blocks to float, most sensitive first, until the budget holds (or no block that
+       helps is left); the notes say which, why, and by how much a missed budget was missed.
+    """
+    notes: dict = {"float_blocks": [], "sensitivity": {}, "dice_fp32": fp32_dice}
+    excluded: list[str] = []
+    dice = dice_of(excluded)
+    notes["dice_all_int8"] = dice
+    if budget is not None and teacher_dice - fp32_dice > budget:
+        notes["fp32_over_budget_by"] = teacher_dice - fp32_dice - budget
+    if budget is None or teacher_dice - dice <= budget or dice >= fp32_dice:
+        return excluded, dice, notes
+    gains = {g: dice_of([g]) - dice for g in groups}
+    notes["sensitivity"] = gains
+    for g in sorted(gains, key=gains.get, reverse=True):
+        if gains[g] <= 0:
+            break
+        excluded.append(g)
+        dice = dice_of(excluded)
+        notes["float_blocks"].append({"block": g, "dice_gain_alone": gains[g], "dice_after": dice})
+        if teacher_dice - dice <= budget:
+            break
+    if teacher_dice - dice > budget:
+        notes["budget_missed_by"] = teacher_dice - dice - budget
+    return excluded, dice, notes
 
 
 def _jsonable_recipe(r: Recipe) -> dict:

@@ -1,0 +1,129 @@
+import json
+
+import pytest
+
+from edgeseg.compress import Compressor, Recipe
+from edgeseg.errors import ConfigError
+from edgeseg.runtime.bundle import read_bundle
+
+
+def recipe(embedded, **kw):
+    d = str(embedded)
+    base = dict(calib=d, calib_split="calibration", calib_count=8, val=d, val_split="val", train=d,
+                train_split="train", distill_epochs=1, batch_size=16, runs=3, warmup=1, max_dice_drop=0.5,
+                prune_ratio=0.5, decoder_ratio=0.5)
+    base.update(kw)
+    return Recipe(**base)
+
+
+@pytest.fixture(scope="module")
+def compressed(tiny_ckpt, embedded, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compress") / "out"
+    rep = Compressor(tiny_ckpt, out, recipe(embedded), progress=False).run()
+    return out, rep
+
+
+def test_compress_writes_bundle_report_and_every_stage(compressed):
+    out, rep = compressed
+    names = [s["name"] for s in rep["stages"]]
+    assert names == ["teacher", "fold", "prune", "distill", "export", "quantize"]
+    for s in rep["stages"]:
+        assert s["dice"] is not None and s["p50_ms"] > 0 and s["size_mb"] > 0
+    fold = rep["stages"][1]
+    assert abs(fold["dice"] - rep["stages"][0]["dice"]) < 1e-6  # folding is exact
+    assert fold["gflops"] < rep["stages"][0]["gflops"]
+    prune = rep["stages"][2]
+    assert prune["params"] < fold["params"]
+    b = read_bundle(out / "bundle")
+    m = b.manifest
+    assert m["precision"] == "int8"
+    assert m["calibration"]["count"] == 8 and len(m["calibration"]["sha256"]) == 64
+    assert m["recipe"]["prune_ratio"] == 0.5
+    assert [s["name"] for s in m["stages"]] == names
+    assert (out / "report.md").is_file() and (out / "dice_vs_latency.png").stat().st_size > 1000
+    assert json.loads((out / "report.json").read_text())["machine"]["cpu"]
+
+
+def test_compress_resumes_without_redoing_stages(compressed, tiny_ckpt, embedded):
+    out, rep = compressed
+    before = json.loads((out / "state.json").read_text())
+    rep2 = Compressor(tiny_ckpt, out, recipe(embedded), progress=False).run()
+    after = json.loads((out / "state.json").read_text())
+    assert before["stages"] == after["stages"]
+    assert [s["dice"] for s in rep2["stages"]] == [s["dice"] for s in rep["stages"]]
+
+
+def test_compress_refuses_other_recipe_on_same_output(compressed, tiny_ckpt, embedded):
+    out, _ = compressed
+    with pytest.raises(ConfigError, match="different recipe"):
+        Compressor(tiny_ckpt, out, recipe(embedded, prune_ratio=0.25), progress=False)
+
+
+def test_interrupted_compress_leaves_no_bundle_and_resumes(tiny_ckpt, embedded, tmp_path, monkeypatch):
+    import edgeseg.compress as C
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(C.Compressor, "_quantize", boom)
+    with pytest.raises(KeyboardInterrupt):
+        Compressor(tiny_ckpt, tmp_path / "o", recipe(embedded, distill_epochs=0), progress=False).run()
+    assert not (tmp_path / "o/bundle").exists()
+    st = json.loads((tmp_path / "o/state.json").read_text())
+    assert set(st["stages"]) == {"teacher", "fold", "prune", "export"}
+    monkeypatch.undo()
+    rep = Compressor(tiny_ckpt, tmp_path / "o", recipe(embedded, distill_epochs=0), progress=False).run()
+    assert rep["stages"][-1]["name"] == "quantize" and read_bundle(tmp_path / "o/bundle").precision == "int8"
+
+
+def test_tensorrt_target_gives_symmetric_qdq(tiny_ckpt, embedded, tmp_path):
+    from edgeseg.quantize import check_tensorrt_qdq
+
+    Compressor(tiny_ckpt, tmp_path / "t", recipe(embedded, distill_epochs=0, target="tensorrt",
+                                                 max_dice_drop=None), progress=False).run()
+    b = read_bundle(tmp_path / "t/bundle")
+    assert check_tensorrt_qdq(b.model_file) == []
+
+
+def test_recipe_file(tmp_path, embedded):
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps({"prune_ratio": 0.3, "target": "tensorrt"}))
+    r = Recipe.from_file(p, calib=str(embedded))
+    assert r.prune_ratio == 0.3 and r.target == "tensorrt" and r.calib == str(embedded)
+    p.write_text(json.dumps({"prune_ration": 0.3}))
+    with pytest.raises(ConfigError, match="unknown key"):
+        Recipe.from_file(p)
+    with pytest.raises(ConfigError, match="--target"):
+        Recipe(target="tpu")
+
+
+def test_guard_returns_sensitive_blocks_to_float_until_budget_holds():
+    from edgeseg.compress import guard_fallback
+
+    # synthetic model: INT8 of block "b" costs 0.05 Dice, "c" 0.02, "a" nothing; FP32 Dice 0.90
+    cost = {"a": 0.0, "b": 0.05, "c": 0.02}
+    calls = []
+
+    def dice_of(float_blocks):
+        calls.append(tuple(float_blocks))
+        return 0.90 - sum(v for k, v in cost.items() if k not in float_blocks)
+
+    kept, dice, notes = guard_fallback(list(cost), dice_of, teacher_dice=0.91, fp32_dice=0.90, budget=0.031)
+    assert kept == ["b"] and abs(dice - 0.88) < 1e-9
+    assert notes["float_blocks"][0]["block"] == "b" and abs(notes["sensitivity"]["b"] - 0.05) < 1e-9
+    assert "budget_missed_by" not in notes
+    kept, dice, notes = guard_fallback(list(cost), dice_of, teacher_dice=0.91, fp32_dice=0.90, budget=0.001)
+    assert kept == ["b", "c"] and abs(notes["budget_missed_by"] - 0.009) < 1e-9
+    assert abs(notes["fp32_over_budget_by"] - 0.009) < 1e-9
+    n = len(calls)
+    kept, _, _ = guard_fallback(list(cost), dice_of, teacher_dice=0.91, fp32_dice=0.90, budget=None)
+    assert kept == [] and len(calls) == n + 1  # no budget: one INT8 build, no search
+
+
+def test_guard_in_pipeline_records_its_decisions(tiny_ckpt, embedded, tmp_path):
+    rep = Compressor(tiny_ckpt, tmp_path / "g", recipe(embedded, distill_epochs=0, max_dice_drop=0.0),
+                     progress=False).run()
+    q = rep["stages"][-1]["notes"]
+    assert {"dice_all_int8", "dice_fp32", "float_blocks"} <= set(q)
+    m = read_bundle(tmp_path / "g/bundle").manifest
+    assert m["quantization"]["float_blocks"] == q["float_blocks"]
