@@ -132,6 +132,17 @@ def _spacing(value: Optional[str]):
     return tuple(parts)
 
 
+def _ints(value: Optional[str], flag: str):
+    from edgeseg.errors import ConfigError
+
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise ConfigError(f"{flag} needs comma-separated integers, got {value!r}") from None
+
+
 def _providers(value: Optional[str]):
     return [p.strip() for p in value.split(",") if p.strip()] if value else None
 
@@ -213,6 +224,20 @@ def export(
     _setup_logging(verbose)
     from edgeseg.errors import ConfigError
 
+    # [conflicts] an option of the other --format would be silently ignored: refuse it
+    if format == "tensorrt":
+        other = [n for n, on in (("--fp16", fp16), ("--no-fold", not fold), ("--dynamic-hw", dynamic_hw),
+                                 ("--postprocess", postprocess != "none"), ("--data", data is not None),
+                                 ("--split", split is not None)) if on]
+        if other:
+            raise ConfigError(f"{', '.join(other)} only applies to --format bundle; --format tensorrt builds the "
+                              "engine from the bundle as it is (choose its precision with --precision)")
+    elif format == "bundle":
+        other = [n for n, on in (("--precision", precision != "auto"), ("--timing-cache", timing_cache is not None),
+                                 ("--dla-core", dla_core is not None)) if on]
+        if other:
+            raise ConfigError(f"{', '.join(other)} only applies to --format tensorrt; for an FP16 bundle use --fp16, "
+                              "for INT8 use `edgeseg compress`")
     if format == "tensorrt":
         from edgeseg.export.tensorrt import build_engine
 
@@ -294,6 +319,7 @@ def compress(
     decoder_ratio: Optional[float] = typer.Option(None, help="Fraction of decode-head width to remove."),
     target_macs: Optional[float] = typer.Option(None, help="Prune until MACs <= this fraction of the folded model."),
     importance: Optional[str] = typer.Option(None, help="magnitude or taylor (data-driven)."),
+    depths: Optional[str] = typer.Option(None, help="Blocks kept per stage, e.g. 1,1,1,1 (depth pruning)."),
     distill_epochs: Optional[int] = typer.Option(None, help="Distillation epochs (0 = none)."),
     int8: Optional[bool] = typer.Option(None, "--int8/--no-int8", help="INT8 quantization."),
     target: Optional[str] = typer.Option(None, help="INT8 recipe: cpu or tensorrt."),
@@ -310,10 +336,17 @@ def compress(
 
     given = dict(calib=calib, calib_split=calib_split, calib_count=calib_count, val=val, val_split=val_split,
                  train=train, train_split=train_split, prune_ratio=prune_ratio, decoder_ratio=decoder_ratio,
-                 target_macs=target_macs, importance=importance, distill_epochs=distill_epochs, int8=int8,
+                 target_macs=target_macs, importance=importance, depths=_ints(depths, "--depths"),
+                 distill_epochs=distill_epochs, int8=int8,
                  target=target, calib_method=calib_method, max_dice_drop=max_dice_drop, device=device,
                  threads=threads)
     given = {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items() if v is not None}
+    if given.get("int8") is False:  # [conflicts] INT8-only options with --no-int8 would be silently ignored
+        from edgeseg.errors import ConfigError
+
+        other = [f"--{k.replace('_', '-')}" for k in ("target", "calib_method", "max_dice_drop") if k in given]
+        if other:
+            raise ConfigError(f"--no-int8 conflicts with {', '.join(other)}, which only applies to INT8 quantization")
     if checkpoint is None:
         checkpoint, defaults = default_job()
         given = {**defaults, **given}

@@ -48,6 +48,7 @@ class Recipe:
     stage_ratios: tuple[float, ...] | None = None
     target_macs: float | None = None
     importance: str = "magnitude"
+    depths: tuple[int, ...] | None = None  # blocks kept per stage (depth pruning)
     # distill
     distill_epochs: int = 10
     distill_lr: float = 3e-4
@@ -89,8 +90,9 @@ class Recipe:
         if unknown:
             raise ConfigError(f"recipe {p} has unknown key(s): {', '.join(unknown)}")
         d.update({k: v for k, v in overrides.items() if v is not None})
-        if isinstance(d.get("stage_ratios"), list):
-            d["stage_ratios"] = tuple(d["stage_ratios"])
+        for k in ("stage_ratios", "depths"):
+            if isinstance(d.get(k), list):
+                d[k] = tuple(d[k])
         return cls(**d)
 
 
@@ -218,6 +220,9 @@ class Compressor:
     def run(self) -> dict:
         r = self.recipe
         results: dict[str, StageResult] = {}
+        # read and check the calibration images first: a bad calibration folder is refused
+        # before any stage writes anything
+        calib, calib_info = self._calibration()
         t0 = time.time()
         results["teacher"] = self._done("teacher") or self._record(
             self._torch_stage("teacher", self.teacher, self.checkpoint, t0))
@@ -233,7 +238,6 @@ class Compressor:
             res = self._record(self._torch_stage("fold", folded, fold_dir, t0))
         results["fold"] = res
 
-        calib, calib_info = self._calibration()
         # prune
         prune_dir = self.stages_dir / "prune"
         if not (res := self._done("prune")):
@@ -244,7 +248,7 @@ class Compressor:
             t0 = time.time()
             model, _ = load_checkpoint(fold_dir)
             pcfg = PruneConfig(ratio=r.prune_ratio, decoder_ratio=r.decoder_ratio, stage_ratios=r.stage_ratios,
-                               target_macs=r.target_macs, importance=r.importance)
+                               target_macs=r.target_macs, importance=r.importance, depths=r.depths)
             model, rep = prune(model, pcfg, calib=torch.from_numpy(calib[:16]))
             save_checkpoint(model, self._meta_with({"stage": "prune", "prune": rep}), prune_dir)
             res = self._record(self._torch_stage("prune", model, prune_dir, t0, notes={"prune": rep}))
@@ -401,7 +405,28 @@ class Compressor:
             "dice": results[list(results)[-1]].dice, "teacher_dice": results["teacher"].dice}}
         manifest["provenance"] = {**manifest.get("provenance", {}), "teacher_checkpoint": str(self.checkpoint),
                                   "teacher_sha256": self.state["checkpoint_sha256"]}
+        # [drift guard] the input statistics of the calibration images (not the export stage's parity images)
+        stats = self._calibration_input_stats(calib_info)
+        if stats is not None:
+            manifest["input_stats"] = stats
+        else:
+            manifest.pop("input_stats", None)
         return write_bundle(out, {"model.onnx": src.model_file}, manifest)
+
+    def _calibration_input_stats(self, calib_info: dict) -> dict | None:
+        """[drift guard] ``input_stats`` from the raw uint8 calibration images: the same images
+        ``load_calibration`` chose (same seeded choice, checked against its fingerprint)."""
+        from edgeseg.export.pipeline import input_stats_for
+
+        samples = D.discover(self.calib_root, split=self.recipe.calib_split, require_masks=False)
+        if len(samples) > self.recipe.calib_count:
+            rng = np.random.default_rng(self.recipe.seed)
+            keep = np.sort(rng.choice(len(samples), size=int(self.recipe.calib_count), replace=False))
+            samples = [samples[i] for i in keep]
+        if D.fingerprint(samples)["sha256"] != calib_info.get("sha256"):
+            raise ConfigError(f"the calibration images in {self.calib_root} changed during the run; "
+                              "rerun compress so the bundle's input statistics match its INT8 calibration")
+        return input_stats_for(samples, what="calibration images")
 
     def _report(self, results: dict, calib_info: dict) -> dict:
         from edgeseg.bench import machine_info
@@ -480,8 +505,9 @@ def guard_fallback(groups: list[str], dice_of, teacher_dice: float, fp32_dice: f
 
 def _jsonable_recipe(r: Recipe) -> dict:
     d = asdict(r)
-    if d.get("stage_ratios") is not None:
-        d["stage_ratios"] = list(d["stage_ratios"])
+    for k in ("stage_ratios", "depths"):
+        if d.get(k) is not None:
+            d[k] = list(d[k])
     return d
 
 

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from edgeseg.errors import DataError
+from edgeseg.runtime.preprocess import MAX_IMAGE_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,65 @@ def discover(root: str | Path, split: str | None = None, require_masks: bool = T
     return samples
 
 
+# --- [size limit] images are measured from their header before decoding -----------------
+# A 20000 x 20000 RGB image decodes to 1.2 GB (and to several times that in float while it
+# is resized), so images above MAX_IMAGE_PIXELS (100 MP, the runtime's own limit) are refused
+# before any pixel is decoded: the models take 128-1024 px inputs, and anything that large
+# must be downscaled or tiled first.
+
+
+def _u16(b: bytes, big: bool = True) -> int:
+    return int.from_bytes(b[:2], "big" if big else "little")
+
+
+def _u32(b: bytes, big: bool = True) -> int:
+    return int.from_bytes(b[:4], "big" if big else "little")
+
+
+def image_header_size(head) -> tuple[int, int] | None:
+    """(width, height) from a PNG, JPEG, BMP or TIFF header without decoding; None if unknown.
+
+    ``head`` is the file's bytes (bytes or a memoryview: TIFF keeps its directory anywhere)."""
+    try:
+        if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+            return _u32(head[16:20]), _u32(head[20:24])
+        if head[:2] == b"BM" and len(head) >= 26:
+            return abs(int.from_bytes(head[18:22], "little", signed=True)), \
+                abs(int.from_bytes(head[22:26], "little", signed=True))
+        if head[:4] in (b"II*\x00", b"MM\x00*"):
+            big = head[:2] == b"MM"
+            off = _u32(head[4:8], big)
+            n = _u16(head[off:off + 2], big)
+            dims = {}
+            for k in range(n):
+                e = head[off + 2 + 12 * k: off + 14 + 12 * k]
+                tag, typ = _u16(e[0:2], big), _u16(e[2:4], big)
+                if tag in (256, 257):
+                    dims[tag] = _u16(e[8:10], big) if typ == 3 else _u32(e[8:12], big)
+            return (dims[256], dims[257]) if len(dims) == 2 else None
+        if head[:2] == b"\xff\xd8":
+            i = 2
+            while i + 9 < len(head):
+                if head[i] != 0xFF:
+                    return None
+                marker = head[i + 1]
+                if marker == 0xFF:  # fill byte
+                    i += 1
+                    continue
+                if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                    i += 2
+                    continue
+                if marker == 0xDA:  # start of scan before any frame header
+                    return None
+                if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                    return _u16(head[i + 7:i + 9]), _u16(head[i + 5:i + 7])
+                i += 2 + _u16(head[i + 2:i + 4])
+    except (IndexError, KeyError, ValueError):
+        return None
+    return None
+# --- [/size limit] ----------------------------------------------------------------------
+
+
 def _imread(path: Path, flags: int) -> np.ndarray:
     try:
         buf = np.fromfile(str(path), dtype=np.uint8)
@@ -141,6 +201,10 @@ def _imread(path: Path, flags: int) -> np.ndarray:
         raise DataError(f"cannot read {path}: {exc.strerror}") from None
     if buf.size == 0:
         raise DataError(f"empty file: {path}")
+    size = image_header_size(memoryview(buf))
+    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise DataError(f"image too large: {path} is {size[0]}x{size[1]} pixels ({size[0] * size[1] / 1e6:.0f} "
+                        f"MP); edgeseg reads images up to {MAX_IMAGE_PIXELS // 1_000_000} MP: downscale or tile it")
     img = cv2.imdecode(buf, flags)
     if img is None or img.size == 0:
         raise DataError(f"not a readable image (corrupt or truncated?): {path}")

@@ -38,6 +38,7 @@ class PruneConfig:
     importance: str = "magnitude"
     round_to: int = 8
     steps: int = 5  # iterative steps when a target is given
+    depths: tuple[int, ...] | None = None  # blocks kept per stage (depth pruning); least useful dropped
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -50,6 +51,8 @@ class PruneConfig:
             raise ConfigError(f"unknown importance {self.importance!r}; choose from {', '.join(IMPORTANCE)}")
         if self.round_to < 1:
             raise ConfigError("round_to must be >= 1")
+        if self.depths is not None and any(int(d) < 1 for d in self.depths):
+            raise ConfigError(f"--depths must keep at least one block per stage, got {list(self.depths)}")
 
 
 class _Logits(nn.Module):
@@ -191,6 +194,40 @@ def _reconstruct(group, io: dict, ridge: float = 1e-3) -> None:
             mod.bias.copy_(sol[-1].to(mod.bias.dtype))
 
 
+@torch.no_grad()
+def drop_blocks(model, depths, calib) -> dict:
+    """Depth pruning: keep ``depths[s]`` blocks in stage s, dropping those whose residual update
+    changes their input least on the calibration images (relative norm ||f(x) - x|| / ||x||)."""
+    stages = model.segformer.stages
+    if len(depths) != len(stages):
+        raise ConfigError(f"--depths needs {len(stages)} values, got {len(depths)}")
+    scores: dict = {}
+    handles = []
+    for s, st in enumerate(stages):
+        for b, blk in enumerate(st.blocks):
+            def hook(mod, inp, out, key=(s, b)):
+                x = inp[0]
+                y = out[0] if isinstance(out, tuple) else out
+                scores[key] = float((y - x).norm() / x.norm().clamp_min(1e-12))
+            handles.append(blk.register_forward_hook(hook))
+    try:
+        model(pixel_values=calib)
+    finally:
+        for h in handles:
+            h.remove()
+    dropped = {}
+    for s, (st, keep) in enumerate(zip(stages, depths)):
+        n = len(st.blocks)
+        if keep > n:
+            raise ConfigError(f"--depths asks for {keep} blocks in stage {s}, which has {n}")
+        order = sorted(range(n), key=lambda b: scores[(s, b)], reverse=True)
+        kept = sorted(order[:keep])
+        dropped[f"stage{s}"] = {"kept": kept, "scores": [scores[(s, b)] for b in range(n)]}
+        st.blocks = nn.ModuleList([st.blocks[b] for b in kept])
+    model.config.depths = [len(st.blocks) for st in stages]
+    return dropped
+
+
 def _importance(name: str):
     import torch_pruning as tp
 
@@ -211,6 +248,7 @@ def prune(model, cfg: PruneConfig, calib: torch.Tensor | None = None, teacher_lo
     fold_decode_head(model)
     if calib is None:
         raise ConfigError("pruning needs a few real images (calibration set) to trace the graph")
+    dropped = drop_blocks(model, cfg.depths, calib) if cfg.depths else {}
     h, w = calib.shape[-2:]
     example = calib[:1]
     wrapper = _Logits(model)
@@ -283,5 +321,6 @@ def prune(model, cfg: PruneConfig, calib: torch.Tensor | None = None, teacher_lo
     model.eval()
     macs, params = count_macs_params(model, h, w)
     report = {"macs_before": base_macs, "macs_after": macs, "params_before": base_params, "params_after": params,
-              "widths": widths(model), "config": {k: v for k, v in cfg.__dict__.items() if k != "extra"}}
+              "widths": widths(model), "dropped_blocks": dropped,
+              "config": {k: v for k, v in cfg.__dict__.items() if k != "extra"}}
     return model, report

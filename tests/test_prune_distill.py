@@ -97,3 +97,18 @@ def test_distill_pruned_student_end_to_end(tiny_ckpt, embedded, tmp_path):
     distill(s.train(), teacher, meta, cfg2, DistillConfig(), tiny_ckpt)
     st = json.loads((tmp_path / ".s.resume/state.json").read_text())
     assert st["epoch"] == 3
+
+
+def test_depth_pruning_keeps_most_useful_blocks_and_reloads(tmp_path, calib):
+    m = build_model("b0").eval()
+    p, rep = prune(copy.deepcopy(m), PruneConfig(ratio=0.0, decoder_ratio=0.0, depths=(1, 2, 1, 1)), calib=calib)
+    assert [len(s.blocks) for s in p.segformer.stages] == [1, 2, 1, 1] and p.config.depths == [1, 2, 1, 1]
+    st0 = rep["dropped_blocks"]["stage0"]
+    assert st0["kept"] == [max(range(2), key=lambda b: st0["scores"][b])]
+    assert rep["params_after"] < rep["params_before"]
+    save_checkpoint(p, CheckpointMeta(preprocess=Preprocess(height=64, width=64)), tmp_path / "d")
+    q, _ = load_checkpoint(tmp_path / "d")
+    with torch.no_grad():
+        assert torch.equal(q(pixel_values=calib).logits, p(pixel_values=calib).logits)
+    with pytest.raises(ConfigError, match="at least one block"):
+        PruneConfig(depths=(0, 1, 1, 1))

@@ -72,6 +72,22 @@ def manifest_for(meta: CheckpointMeta, source: Path | None, extra: dict | None =
     return m
 
 
+# --- [drift guard] input statistics recorded in the manifest -----------------------------
+def input_stats_for(samples: list[D.Sample], what: str = "parity images") -> dict | None:
+    """Calibration statistics of the images (``input_stats``, see edgeseg.runtime.drift), or
+    None (with a warning) when there are too few images to set a threshold from."""
+    from edgeseg.runtime.drift import MIN_IMAGES, image_stats
+
+    if len(samples) < MIN_IMAGES:
+        log.warning("only %d image(s): no input statistics recorded (the drift guard needs at least %d)",
+                    len(samples), MIN_IMAGES)
+        return None
+    stats = image_stats([D.read_image(s.image) for s in samples])
+    stats["source"] = {"what": what, "images": len(samples), "sha256": D.fingerprint(samples)["sha256"]}
+    return stats
+# --- [/drift guard] ----------------------------------------------------------------------
+
+
 def export_bundle(checkpoint: str | Path, out: str | Path, cfg: ExportConfig = ExportConfig(),
                   data: str | Path | None = None, split: str | None = None, limit: int = 16,
                   tol: Tolerance | None = None, model=None, meta: CheckpointMeta | None = None,
@@ -96,5 +112,9 @@ def export_bundle(checkpoint: str | Path, out: str | Path, cfg: ExportConfig = E
         manifest.update(outputs=cand.outputs, precision="fp16" if cfg.fp16 else "fp32",
                         export=asdict(cfg), parity=rep)
         manifest.setdefault("stages", [])
+        if "input_stats" not in manifest:  # [drift guard] from the parity images (extra_manifest may give its own)
+            stats = input_stats_for(samples)
+            if stats is not None:
+                manifest["input_stats"] = stats
         path = write_bundle(out, {"model.onnx": onnx_path}, manifest)
     return path, rep

@@ -24,6 +24,9 @@ from edgeseg.runtime.errors import InputError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_POLICIES = ("stretch",)
+# Largest image the runtime accepts (and edgeseg.data reads): pre-processing makes a float32
+# copy (12 bytes a pixel), so a 20000 x 20000 image would need ~5 GB. Downscale or tile first.
+MAX_IMAGE_PIXELS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -131,13 +134,18 @@ def validate_image(image: np.ndarray) -> np.ndarray:
     if not isinstance(image, np.ndarray):
         raise InputError(f"image must be a numpy array, got {type(image).__name__}")
     if image.dtype != np.uint8:
+        if image.dtype.kind in "fc" and image.size and not np.isfinite(image).all():
+            raise InputError(f"image must be uint8 (0-255), got dtype {image.dtype} with NaN or infinite values")
         raise InputError(f"image must be uint8 (0-255), got dtype {image.dtype}; convert it first")
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise InputError(f"image must be HxWx3 RGB, got shape {image.shape}")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+        raise InputError(f"image must be HxWx3 RGB (or HxW gray), got shape {image.shape}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise InputError(f"image is empty: shape {image.shape}")
+    if image.shape[0] * image.shape[1] > MAX_IMAGE_PIXELS:
+        raise InputError(f"image too large: {image.shape[1]}x{image.shape[0]} pixels; the runtime takes up to "
+                         f"{MAX_IMAGE_PIXELS // 1_000_000} MP: downscale or tile it first")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
     return image
 
 

@@ -60,6 +60,7 @@ class Segmenter:
         if "logits" not in kinds and "probs" not in kinds and "mask" not in kinds:
             raise BundleError(f"{path}: the model declares no usable output")
         self._kinds = kinds
+        self.drift_guard = _drift_guard(info, path)  # [drift guard] None when no input_stats recorded
 
     @classmethod
     def from_runner(cls, runner, info: dict, path: str | Path = "<memory>") -> "Segmenter":
@@ -73,6 +74,7 @@ class Segmenter:
         self.outputs = list(info["outputs"])
         self.path = Path(path)
         self._kinds = {o["kind"]: o["name"] for o in self.outputs}
+        self.drift_guard = _drift_guard(info, path)
         return self
 
     @property
@@ -118,6 +120,17 @@ class Segmenter:
         outs = self.infer(batch)
         return self.finish(outs, [im.shape[:2] for im in images], probabilities)
 
+    # --- [drift guard] -------------------------------------------------------------------
+    def drift(self, image: np.ndarray) -> dict:
+        """How far one HxWx3 uint8 RGB image lies from the bundle's calibration images:
+        ``{"score", "drifted", "threshold", "details"}`` (see :mod:`edgeseg.runtime.drift`).
+        A device app shows a warning instead of trusting the mask when ``drifted`` is true."""
+        if self.drift_guard is None:
+            raise BundleError(f"{self.path} records no input statistics (input_stats); re-export or "
+                              "re-compress it with this edgeseg to get a drift guard")
+        return self.drift_guard.check(image)
+    # --- [/drift guard] ------------------------------------------------------------------
+
     def close(self) -> None:
         self.runner.close()
 
@@ -127,6 +140,19 @@ def _nearest(mask: np.ndarray, h: int, w: int) -> np.ndarray:
     rows = np.minimum(((np.arange(h) + 0.5) * mh / h).astype(int), mh - 1)
     cols = np.minimum(((np.arange(w) + 0.5) * mw / w).astype(int), mw - 1)
     return mask[rows][:, cols].astype(np.uint8)
+
+
+def _drift_guard(info: dict, path):
+    """[drift guard] The bundle's DriftGuard, None when it records no input statistics."""
+    stats = info.get("input_stats") if isinstance(info, dict) else None
+    if stats is None:
+        return None
+    from edgeseg.runtime.drift import DriftGuard
+
+    try:
+        return DriftGuard(stats)
+    except InputError as exc:
+        raise BundleError(f"{path}: {exc}") from None
 
 
 def _sidecar(engine: Path) -> dict:
