@@ -248,11 +248,11 @@ def prune(model, cfg: PruneConfig, calib: torch.Tensor | None = None, teacher_lo
     fold_decode_head(model)
     if calib is None:
         raise ConfigError("pruning needs a few real images (calibration set) to trace the graph")
-    dropped = drop_blocks(model, cfg.depths, calib) if cfg.depths else {}
     h, w = calib.shape[-2:]
     example = calib[:1]
     wrapper = _Logits(model)
     base_macs, base_params = count_macs_params(model, h, w)
+    dropped = drop_blocks(model, cfg.depths, calib) if cfg.depths else {}
     if cfg.importance == "taylor" and teacher_logits is None:
         with torch.no_grad():
             teacher_logits = wrapper(calib)

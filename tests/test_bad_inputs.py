@@ -271,6 +271,7 @@ def test_mask_with_unexpected_labels_evaluate(bundle, tmp_path, out):
 
 def test_mask_label_beyond_classes_train(tmp_path, out):
     d = labelled(tmp_path / "d", n=2)
+    write_img(d / "masks/s0.png", (mask01() > 0).astype(np.uint8) * 2)
     write_img(d / "masks/s1.png", (mask01() > 0).astype(np.uint8) * 5)
     refused(cli("train", d, "-o", out / "ckpt", "--classes", "bg,a,b", "--variant", "tiny", "--size", 64,
                 "--epochs", 1, "-q"), "label 5", "3 classes")
