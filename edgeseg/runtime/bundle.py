@@ -112,8 +112,10 @@ def read_bundle(path: str | Path, verify: bool = True) -> Bundle:
             if sha256_file(fp) != digest:
                 raise BundleError(f"bundle file {name} does not match its sha256 in {MANIFEST} (tampered or corrupt)")
     outs = m["outputs"]
-    if not isinstance(outs, list) or not outs or any(o.get("kind") not in OUTPUT_KINDS for o in outs):
-        raise BundleError(f"{mf}: 'outputs' must list graph outputs of kinds {OUTPUT_KINDS}")
+    if not isinstance(outs, list) or not outs or any(
+            not isinstance(o, dict) or o.get("kind") not in OUTPUT_KINDS or not isinstance(o.get("name"), str)
+            for o in outs):
+        raise BundleError(f"{mf}: 'outputs' must list graph outputs {{name, kind}} of kinds {OUTPUT_KINDS}")
     classes = m["classes"]
     if not isinstance(classes, list) or len(classes) < 2:
         raise BundleError(f"{mf}: 'classes' must list at least two class names")

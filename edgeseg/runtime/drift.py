@@ -6,9 +6,9 @@ of its calibration images (``input_stats`` in the manifest) and the device can s
 input against them and warn instead of trusting the mask. numpy only (device half).
 
 Each image is reduced to an analysis copy of ``ANALYSIS_SIZE`` x ``ANALYSIS_SIZE`` pixels
-(area-averaged by the runtime's own resize, so the cost does not grow with the image beyond
-two small matrix products and the result does not depend on its resolution), in [0, 1], and
-described by thirteen numbers:
+(area-averaged by the runtime's own resize: one float copy of the image and two matrix
+products, a few to a few tens of milliseconds on one CPU core, and figures that hardly depend
+on the image's resolution), in [0, 1], and described by thirteen numbers:
 
 - ``mean_r, mean_g, mean_b``: per-channel means (colour cast, brightness);
 - ``std_r, std_g, std_b``: per-channel standard deviations (contrast);

@@ -27,6 +27,7 @@ RESIZE_POLICIES = ("stretch",)
 # Largest image the runtime accepts (and edgeseg.data reads): pre-processing makes a float32
 # copy (12 bytes a pixel), so a 20000 x 20000 image would need ~5 GB. Downscale or tile first.
 MAX_IMAGE_PIXELS = 100_000_000
+MAX_INPUT_SIDE = 8192  # the model's own input height/width
 
 
 @dataclass(frozen=True)
@@ -45,14 +46,23 @@ class Preprocess:
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        if self.height < 8 or self.width < 8:
-            raise InputError(f"input size must be at least 8x8, got {self.height}x{self.width}")
+        for name in ("height", "width"):  # a manifest may hold anything: check types, not only ranges
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise InputError(f"input {name} must be an integer, got {v!r}")
+        if not (8 <= self.height <= MAX_INPUT_SIDE and 8 <= self.width <= MAX_INPUT_SIDE):
+            raise InputError(f"input size must be between 8x8 and {MAX_INPUT_SIDE}x{MAX_INPUT_SIDE}, "
+                             f"got {self.height}x{self.width}")
+        if (isinstance(self.scale, bool) or not isinstance(self.scale, (int, float, np.floating))
+                or not np.isfinite(self.scale) or self.scale <= 0):
+            raise InputError(f"scale must be a positive number, got {self.scale!r}")
         if self.resize not in RESIZE_POLICIES:
             raise InputError(f"unknown resize policy {self.resize!r}; known: {', '.join(RESIZE_POLICIES)}")
         if self.layout != "NCHW" or self.dtype != "float32" or self.color != "RGB":
             raise InputError("only RGB, NCHW, float32 model inputs are supported")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise InputError("mean and std need three values each, std > 0")
+        if (len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0
+                or not np.isfinite(np.asarray([*self.mean, *self.std], dtype=np.float64)).all()):
+            raise InputError("mean and std need three finite values each, std > 0")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -63,6 +73,8 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
+        if not isinstance(d, dict):
+            raise InputError(f"invalid pre-processing record: expected a JSON object, got {type(d).__name__}")
         known = {k: d[k] for k in ("height", "width", "resize", "color", "layout", "dtype", "scale") if k in d}
         try:
             return cls(mean=tuple(float(x) for x in d.get("mean", IMAGENET_MEAN)),
