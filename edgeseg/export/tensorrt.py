@@ -356,6 +356,8 @@ def sidecar_content(bundle: Bundle, plan: BuildPlan, profile: dict, input_name: 
     }
     if "colors" in m:
         side["colors"] = [list(c) for c in m["colors"]]
+    if "input_stats" in m:  # the input-drift guard travels with the engine
+        side["input_stats"] = m["input_stats"]
     try:
         from edgeseg import __version__
 
