@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--prune-ratio", type=float, default=0.5)
     ap.add_argument("--decoder-ratio", type=float, default=0.75)
     ap.add_argument("--max-dice-drop", type=float, default=0.01)
+    ap.add_argument("--depths", default="1,1,1,1", help="blocks kept per stage ('' = no depth pruning)")
     ap.add_argument("--skip-compress", action="store_true", help="reuse an existing --out")
     a = ap.parse_args()
 
@@ -49,7 +50,8 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     recipe = Recipe(calib=a.data, calib_split="calibration", calib_count=64, val=a.data, val_split="val",
                     train=a.data, train_split="train", prune_ratio=a.prune_ratio, decoder_ratio=a.decoder_ratio,
-                    distill_epochs=a.distill_epochs, max_dice_drop=a.max_dice_drop, threads=a.threads)
+                    distill_epochs=a.distill_epochs, max_dice_drop=a.max_dice_drop, threads=a.threads,
+                    depths=tuple(int(v) for v in a.depths.split(",")) if a.depths else None)
     if not a.skip_compress:
         Compressor(a.teacher, a.out, recipe).run()
     bundle = Path(a.out) / "bundle"
