@@ -116,29 +116,58 @@ def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     return w
 
 
-def resize(arr: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize an (H, W) or (H, W, C) or (C, H, W)-as-``chw`` float array; returns float32.
+@lru_cache(maxsize=64)
+def _band(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """The non-zeros of :func:`resize_matrix` as a band: first input index per output and the
+    weights of the (at most K) consecutive inputs it averages; applying it costs O(n_out * K)
+    instead of a dense O(n_out * n_in) product."""
+    w = resize_matrix(n_in, n_out)
+    nz = w != 0
+    start = nz.argmax(axis=1)
+    width = max(1, int(max(np.flatnonzero(row).max() - st + 1 for row, st in zip(nz, start))))
+    idx = np.minimum(start[:, None] + np.arange(width)[None, :], n_in - 1)
+    wts = np.where(start[:, None] + np.arange(width)[None, :] < n_in, np.take_along_axis(w, idx, axis=1), 0)
+    wts = wts.astype(np.float32)
+    idx.setflags(write=False)
+    wts.setflags(write=False)
+    return idx, wts
 
-    For (H, W, C) arrays the channels are last. Use :func:`resize_chw` for channel-first.
+
+def _resize_axis(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+    n_in = a.shape[axis]
+    if n_in == n_out:
+        return a
+    idx, wts = _band(n_in, n_out)
+    shape = [1] * a.ndim
+    shape[axis] = n_out
+    out = None
+    for k in range(idx.shape[1]):
+        term = np.take(a, idx[:, k], axis=axis) * wts[:, k].reshape(shape)
+        out = term if out is None else out + term
+    return out
+
+
+def resize(arr: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize an (H, W) or (H, W, C) array (channels last) to (height, width); returns float32.
+
+    Same result as ``R @ img @ C.T`` with :func:`resize_matrix`, computed band by band.
     """
-    a = np.asarray(arr, dtype=np.float32)
-    r = resize_matrix(a.shape[0], height)
-    c = resize_matrix(a.shape[1], width)
-    if a.ndim == 2:
-        return r @ a @ c.T
-    if a.ndim == 3:
-        # (H, W, C): contract H with r, W with c
-        tmp = np.tensordot(r, a, axes=(1, 0))  # (h, W, C)
-        return np.ascontiguousarray(np.tensordot(tmp, c, axes=(1, 1)).transpose(0, 2, 1))
-    raise InputError(f"expected a 2-D or 3-D array, got shape {a.shape}")
+    a = np.asarray(arr)
+    if a.dtype != np.uint8:  # uint8 stays uint8: the band products promote to float32 on the small side
+        a = a.astype(np.float32, copy=False)
+    if a.ndim not in (2, 3):
+        raise InputError(f"expected a 2-D or 3-D array, got shape {a.shape}")
+    for n in (a.shape[0], a.shape[1], height, width):
+        if n <= 0:
+            raise InputError(f"cannot resize {a.shape[:2]} -> {(height, width)}")
+    return np.ascontiguousarray(_resize_axis(_resize_axis(a, height, 0), width, 1), dtype=np.float32)
 
 
 def resize_chw(arr: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize a (C, H, W) or (N, C, H, W) float array over its last two axes."""
     a = np.asarray(arr, dtype=np.float32)
-    r = resize_matrix(a.shape[-2], height)
-    c = resize_matrix(a.shape[-1], width)
-    return np.matmul(np.matmul(r, a), c.T)
+    return np.ascontiguousarray(_resize_axis(_resize_axis(a, height, a.ndim - 2), width, a.ndim - 1),
+                                dtype=np.float32)
 
 
 def validate_image(image: np.ndarray) -> np.ndarray:
@@ -164,7 +193,7 @@ def validate_image(image: np.ndarray) -> np.ndarray:
 def preprocess(image: np.ndarray, pp: Preprocess) -> np.ndarray:
     """One HxWx3 uint8 RGB image -> (3, h, w) float32 normalised tensor."""
     image = validate_image(image)
-    x = resize(image.astype(np.float32) * np.float32(pp.scale), pp.height, pp.width)
+    x = resize(image, pp.height, pp.width) * np.float32(pp.scale)  # resize first: scale the small image
     x = (x - np.asarray(pp.mean, np.float32)) / np.asarray(pp.std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
 
@@ -191,7 +220,17 @@ def logits_to_original(logits: np.ndarray, height: int, width: int) -> np.ndarra
 
 def postprocess(logits: np.ndarray, height: int, width: int, probabilities: bool = False):
     """(C, h, w) logits -> uint8 label mask (H, W) [and float32 probabilities (C, H, W)]."""
-    up = logits_to_original(np.asarray(logits, np.float32), height, width)
+    logits = np.asarray(logits, np.float32)
+    if logits.ndim == 3 and logits.shape[0] == 2:
+        # binary: resizing is linear, so resize the logit difference once (half the work);
+        # argmax picks class 1 where d > 0, and softmax of two logits is sigmoid(d)
+        d = logits_to_original((logits[1] - logits[0])[None], height, width)[0]
+        mask = (d > 0).astype(np.uint8)
+        if probabilities:
+            p1 = 1.0 / (1.0 + np.exp(-np.clip(d, -80, 80)))
+            return mask, np.stack([1.0 - p1, p1]).astype(np.float32)
+        return mask
+    up = logits_to_original(logits, height, width)
     mask = up.argmax(axis=0).astype(np.uint8)
     if probabilities:
         return mask, softmax(up, axis=0).astype(np.float32)
