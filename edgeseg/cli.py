@@ -158,6 +158,7 @@ def evaluate(
     providers: Optional[str] = typer.Option(None, help="ONNX Runtime providers, e.g. cpu or cuda,cpu."),
     threads: Optional[int] = typer.Option(None, help="Inference threads."),
     device: str = typer.Option("cpu", help="torch device for checkpoints."),
+    strict: bool = typer.Option(False, "--strict", help="Refuse (instead of leaving out) mismatched masks."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
@@ -168,11 +169,15 @@ def evaluate(
     from edgeseg.evaluate import format_table, write_json, write_rows_csv
     from edgeseg.runners import open_model
 
-    samples = D.discover(data, split)
+    samples = D.discover(data, split, strict=strict)
     seg = open_model(model, providers=_providers(providers), threads=threads, device=device)
     summary, rows, _ = run_eval(seg, samples, spacing=_spacing(spacing), progress=not quiet)
     typer.echo(f"model: {model}  ({seg.runner.name})\ndata:  {data}" + (f"  split {split}" if split else ""))
     typer.echo(format_table(summary))
+    if samples.skipped:
+        typer.echo(f"left out {len(samples.skipped)} image(s) whose mask does not match: "
+                   + "; ".join(f"{n} ({why})" for n, why in samples.skipped))
+    summary["skipped"] = [{"name": n, "reason": why} for n, why in samples.skipped]
     if json_out:
         write_json({"model": str(model), "runner": seg.runner.name, "data": str(data), "split": split,
                     "summary": summary}, json_out)

@@ -70,7 +70,40 @@ def resolve_split(root: Path, split: str | None) -> Path | None:
     raise DataError(f"split {split!r} not found: neither a file nor {cand}")
 
 
-def discover(root: str | Path, split: str | None = None, require_masks: bool = True) -> list[Sample]:
+class Samples(list):
+    """A list of samples that also says which pairs were left out, and why."""
+
+    skipped: list[tuple[str, str]]
+
+    def __init__(self, items=(), skipped=None) -> None:
+        super().__init__(items)
+        self.skipped = list(skipped or [])
+
+
+def _header_dims(path: Path) -> tuple[int, int] | None:
+    try:
+        with open(path, "rb") as f:
+            return image_header_size(f.read(1 << 16))
+    except OSError:
+        return None
+
+
+def _mismatch(sample: Sample) -> str | None:
+    """A one-line reason when a mask's size (read from file headers) differs from its image's."""
+    dims = _header_dims(sample.image)
+    if dims is None:
+        return None
+    if dims[0] * dims[1] > MAX_IMAGE_PIXELS:  # a bad input, not a mismatch: refuse as read_image would
+        _imread(sample.image, cv2.IMREAD_UNCHANGED)
+    for m in sample.masks:
+        md = _header_dims(m)
+        if md is not None and md != dims:
+            return (f"mask {m.name} is {md[0]}x{md[1]} but image {sample.image.name} is {dims[0]}x{dims[1]}")
+    return None
+
+
+def discover(root: str | Path, split: str | None = None, require_masks: bool = True,
+             strict: bool = False) -> Samples:
     """Pair every image under ROOT/images with its mask(s) under ROOT/masks.
 
     With ``require_masks=False`` a folder of images alone (or ROOT itself holding images) is
@@ -132,7 +165,23 @@ def discover(root: str | Path, split: str | None = None, require_masks: bool = T
         if require_masks and not ms:
             raise DataError(f"image {n!r} has no mask in {mask_root} (looked for {n}.* and {n}_mask.*)")
         samples.append(Sample(n, by_key[n], ms))
-    return samples
+    # A mask whose size differs from its image is never resized to fit (that would silently corrupt
+    # the ground truth). Such pairs are left out with a warning naming them (real datasets have
+    # a few, e.g. one BUSI `_mask_1`), or refused with --strict; a folder with no usable pair is
+    # an error either way.
+    skipped = []
+    if require_masks:
+        for smp in samples:
+            why = _mismatch(smp)
+            if why is not None:
+                if strict:
+                    raise DataError(why)
+                skipped.append((smp.name, why))
+                log.warning("left out %r: %s", smp.name, why)
+        if skipped and len(skipped) == len(samples):
+            raise DataError(f"no usable image/mask pair in {root}: {skipped[0][1]}")
+    bad = {n for n, _ in skipped}
+    return Samples([smp for smp in samples if smp.name not in bad], skipped)
 
 
 # --- [size limit] images are measured from their header before decoding -----------------

@@ -203,7 +203,9 @@ def train(cfg: TrainConfig) -> Path:
     _, _, val_orig = load_arrays(val_s, pp, num_classes, keep_original=True)
 
     provenance: dict = {"data": str(Path(cfg.data).resolve()), "train_split": cfg.train_split,
-                        "val_split": cfg.val_split, "train_set": D.fingerprint(train_s)}
+                        "val_split": cfg.val_split, "train_set": D.fingerprint(train_s),
+                        "left_out": [{"name": n, "reason": why} for n, why in
+                                     getattr(train_s, "skipped", []) + getattr(val_s, "skipped", [])]}
     if cfg.init:
         model, init_meta = load_checkpoint(cfg.init)
         if init_meta.recorded and init_meta.preprocess.height != cfg.size:

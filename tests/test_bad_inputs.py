@@ -256,11 +256,24 @@ def test_nan_float_tiff_evaluate(bundle, tmp_path, out):
     refused(cli("evaluate", bundle, d, "--json", out / "s.json", "-q"), "NaN", "s0.tif")
 
 
-def test_mask_of_wrong_size_bench(bundle, tmp_path, out):
+def test_mask_of_wrong_size_strict_evaluate(bundle, tmp_path, out):
     d = labelled(tmp_path / "d")
     write_img(d / "masks/s1.png", mask01(30, 56))
-    refused(cli("bench", bundle, "--data", d, "--runs", 2, "--warmup", 1, "--json", out / "b.json", "-q"),
-            "56x30", "56x40")
+    refused(cli("evaluate", bundle, d, "--strict", "--json", out / "s.json", "-q"), "56x30", "56x40")
+
+
+def test_mask_of_wrong_size_is_left_out_loudly_bench(bundle, tmp_path):
+    """Without --strict one mismatched pair among good ones is left out, named in a warning, and
+    never resized to fit."""
+    from edgeseg import data as D
+
+    d = labelled(tmp_path / "d")
+    write_img(d / "masks/s1.png", mask01(30, 56))
+    samples = D.discover(d)
+    assert "s1" not in [s.name for s in samples] and samples.skipped[0][0] == "s1"
+    assert "56x30" in samples.skipped[0][1]
+    r = cli("bench", bundle, "--data", d, "--runs", 2, "--warmup", 1, "-q")
+    assert r.exit_code == 0
 
 
 def test_mask_with_unexpected_labels_evaluate(bundle, tmp_path, out):
