@@ -571,8 +571,10 @@ def markdown_report(rep: dict) -> str:
             for b in n["float_blocks"]:
                 lines.append(f"  - `{b['block']}`: alone recovers {b['dice_gain_alone']:+.4f} Dice; "
                              f"after keeping it, Dice {b['dice_after']:.4f}")
+        elif n.get("dice_all_int8", 0) >= n.get("dice_fp32", 1):
+            lines.append("- INT8 cost no validation Dice here (all-INT8 >= FP32), so every block stays INT8")
         else:
-            lines.append("- no block needed to stay float within the budget")
+            lines.append("- the all-INT8 model is within the Dice budget: every block stays INT8")
         if n.get("budget_missed_by"):
             lines.append(f"- budget missed by {n['budget_missed_by']:.4f} Dice even after fallback")
         if n.get("warning"):
