@@ -127,3 +127,14 @@ def test_guard_in_pipeline_records_its_decisions(tiny_ckpt, embedded, tmp_path):
     assert {"dice_all_int8", "dice_fp32", "float_blocks"} <= set(q)
     m = read_bundle(tmp_path / "g/bundle").manifest
     assert m["quantization"]["float_blocks"] == q["float_blocks"]
+
+
+def test_guard_does_not_chase_noise_when_fp32_already_missed_the_budget():
+    from edgeseg.compress import QUANT_TOL, guard_fallback
+
+    def dice_of(float_blocks):  # INT8 costs 0.001 in total, below QUANT_TOL
+        return 0.80 - (0.0 if "a" in float_blocks else 0.001)
+
+    kept, dice, notes = guard_fallback(["a", "b"], dice_of, teacher_dice=0.85, fp32_dice=0.80, budget=0.01)
+    assert QUANT_TOL > 0.001 and kept == [] and abs(dice - 0.799) < 1e-9
+    assert abs(notes["fp32_over_budget_by"] - 0.04) < 1e-9 and abs(notes["budget_missed_by"] - 0.041) < 1e-9
