@@ -499,6 +499,8 @@ def guard_fallback(groups: list[str], dice_of, teacher_dice: float, fp32_dice: f
         target = fp32_dice - QUANT_TOL
     notes["target_dice"] = target
     if dice >= target:
+        if teacher_dice - dice > budget:
+            notes["budget_missed_by"] = teacher_dice - dice - budget
         return excluded, dice, notes
     gains = {g: dice_of([g]) - dice for g in groups}
     notes["sensitivity"] = gains
