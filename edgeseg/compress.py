@@ -249,7 +249,14 @@ class Compressor:
             model, _ = load_checkpoint(fold_dir)
             pcfg = PruneConfig(ratio=r.prune_ratio, decoder_ratio=r.decoder_ratio, stage_ratios=r.stage_ratios,
                                target_macs=r.target_macs, importance=r.importance, depths=r.depths)
-            model, rep = prune(model, pcfg, calib=torch.from_numpy(calib[:16]))
+            guard = None
+            if r.target_macs is not None and r.max_dice_drop is not None:
+                # the same budget picks the strongest pruning step (before distillation, so conservative)
+                t_dice = results["teacher"].dice
+
+                def guard(m):
+                    return t_dice - self._dice(torch_segmenter(m, self.meta)) <= r.max_dice_drop
+            model, rep = prune(model, pcfg, calib=torch.from_numpy(calib[:16]), guard=guard)
             save_checkpoint(model, self._meta_with({"stage": "prune", "prune": rep}), prune_dir)
             res = self._record(self._torch_stage("prune", model, prune_dir, t0, notes={"prune": rep}))
         results["prune"] = res

@@ -14,6 +14,7 @@ A pruned model is saved as ``config.json`` (a SegformerConfig plus ``edgeseg_wid
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,7 +237,8 @@ def _importance(name: str):
     return tp.importance.GroupMagnitudeImportance(p=2)
 
 
-def prune(model, cfg: PruneConfig, calib: torch.Tensor | None = None, teacher_logits: torch.Tensor | None = None):
+def prune(model, cfg: PruneConfig, calib: torch.Tensor | None = None, teacher_logits: torch.Tensor | None = None,
+          guard=None):
     """Fold (if needed) and prune ``model`` in place; returns (model, report dict).
 
     ``calib`` (N,3,H,W) normalised images drive the data-driven (Taylor) importance; the loss is
@@ -308,11 +310,22 @@ def prune(model, cfg: PruneConfig, calib: torch.Tensor | None = None, teacher_lo
         step(1.0)
     else:
         # iterative: a growing fraction of the configured ratios until the MACs target holds
-        for _ in range(cfg.steps):
+        # with a ``guard(model) -> bool`` (the accuracy budget), stop at the strongest step it accepts
+        guard_log = []
+        for k in range(cfg.steps):
             macs, _ = count_macs_params(model, h, w)
             if macs <= cfg.target_macs * base_macs:
                 break
+            prev = copy.deepcopy(model) if guard is not None else None
             step(1.0 / cfg.steps)
+            if guard is not None:
+                ok = bool(guard(model))
+                guard_log.append({"step": k + 1, "macs": count_macs_params(model, h, w)[0], "accepted": ok})
+                if not ok:
+                    model = prev
+                    log.warning("pruning stopped at step %d of %d: the next step breaks the accuracy budget", k,
+                                cfg.steps)
+                    break
         macs, _ = count_macs_params(model, h, w)
         if macs > cfg.target_macs * base_macs:
             log.warning("MACs target %.2f not reached with ratio %.2f (at %.3f)", cfg.target_macs, cfg.ratio,
@@ -322,5 +335,6 @@ def prune(model, cfg: PruneConfig, calib: torch.Tensor | None = None, teacher_lo
     macs, params = count_macs_params(model, h, w)
     report = {"macs_before": base_macs, "macs_after": macs, "params_before": base_params, "params_after": params,
               "widths": widths(model), "dropped_blocks": dropped,
+              "guard": guard_log if cfg.target_macs is not None and guard is not None else None,
               "config": {k: v for k, v in cfg.__dict__.items() if k != "extra"}}
     return model, report

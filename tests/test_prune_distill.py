@@ -112,3 +112,19 @@ def test_depth_pruning_keeps_most_useful_blocks_and_reloads(tmp_path, calib):
         assert torch.equal(q(pixel_values=calib).logits, p(pixel_values=calib).logits)
     with pytest.raises(ConfigError, match="at least one block"):
         PruneConfig(depths=(0, 1, 1, 1))
+
+
+def test_accuracy_guard_picks_the_strongest_pruning_step_it_accepts(calib):
+    m = build_model("b0").eval()
+    calls = []
+
+    def guard(model):  # accept the first two steps only
+        calls.append(1)
+        return len(calls) <= 2
+
+    p, rep = prune(copy.deepcopy(m), PruneConfig(ratio=0.9, target_macs=0.2, steps=5), calib=calib, guard=guard)
+    log = rep["guard"]
+    assert [g["accepted"] for g in log] == [True, True, False]
+    assert rep["macs_after"] == log[1]["macs"] > log[2]["macs"]
+    _, free = prune(copy.deepcopy(m), PruneConfig(ratio=0.9, target_macs=0.2, steps=5), calib=calib)
+    assert free["macs_after"] < rep["macs_after"]
