@@ -596,7 +596,8 @@ def markdown_report(rep: dict) -> str:
         elif n.get("dice_all_int8", 0) >= n.get("dice_fp32", 1):
             lines.append("- INT8 cost no validation Dice here (all-INT8 >= FP32), so every block stays INT8")
         else:
-            lines.append("- the all-INT8 model is within the Dice budget: every block stays INT8")
+            lines.append(f"- the all-INT8 model meets the guard's target (Dice >= {n.get('target_dice', float('nan')):.4f}): "
+                         "every block stays INT8")
         if n.get("budget_missed_by"):
             lines.append(f"- budget missed by {n['budget_missed_by']:.4f} Dice even after fallback")
         if n.get("warning"):
