@@ -401,6 +401,67 @@ class RssSampler:
         self._sample()
 
 
+# =========================================================================== Jetson power
+INA3221_ROOT = "/sys/bus/i2c/drivers/ina3221"
+
+
+def power_rails(root: str = INA3221_ROOT) -> list[tuple[str, Path, Path]]:
+    """Jetson INA3221 power monitors: [(label, millivolt file, milliamp file)], [] elsewhere.
+
+    The module's total input rail (VDD_IN, or POM_5V_IN on older boards) comes first when present."""
+    rails = []
+    for label_file in sorted(Path(root).glob("*/hwmon/hwmon*/in*_label")):
+        n = label_file.name[2:-len("_label")]
+        volt, curr = label_file.with_name(f"in{n}_input"), label_file.with_name(f"curr{n}_input")
+        if volt.is_file() and curr.is_file():
+            label = (_read(str(label_file)) or f"in{n}").strip()
+            rails.append((label, volt, curr))
+    rails.sort(key=lambda r: 0 if r[0] in ("VDD_IN", "POM_5V_IN") else 1)
+    return rails
+
+
+def read_power_w(rails) -> float | None:
+    """Instantaneous power of the first (total input) rail, in watts."""
+    if not rails:
+        return None
+    _, volt, curr = rails[0]
+    try:
+        return float(volt.read_text()) * float(curr.read_text()) / 1e6
+    except (OSError, ValueError):
+        return None
+
+
+class PowerSampler:
+    """Samples the total input power every ``every_s`` in a thread while the timed loop runs."""
+
+    def __init__(self, rails, every_s: float = 0.01) -> None:
+        self.rails, self.every_s, self.samples = rails, every_s, []
+        self._stop = threading.Event()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            w = read_power_w(self.rails)
+            if w is not None:
+                self.samples.append(w)
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> "PowerSampler":
+        self._t = threading.Thread(target=self._loop, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+
+    def energy(self, seconds: float, images: int) -> dict | None:
+        if not self.samples or images <= 0:
+            return None
+        mean_w = float(np.mean(self.samples))
+        return {"rail": self.rails[0][0], "mean_power_w": mean_w, "samples": len(self.samples),
+                "energy_per_image_mj": mean_w * seconds / images * 1000.0}
+
+
 def _cuda_device(seg: Segmenter) -> str | None:
     dev = getattr(seg.runner, "device", None)
     return dev if isinstance(dev, str) and dev.startswith("cuda") else None
@@ -493,8 +554,10 @@ def time_model(seg: Segmenter, images: Sequence[np.ndarray], warmup: int = 5, ru
                 record["infer"].append(t2 - t1)
                 record["finish"].append(time.perf_counter_ns() - t2)
 
+        rails = power_rails(INA3221_ROOT)
         with RssSampler() as rss:
-            model_ns = _timed(model_only, warmup, runs)
+            with PowerSampler(rails) as power:
+                model_ns = _timed(model_only, warmup, runs)
             e2e_ns = _timed(end_to_end, warmup, runs)
         if rss.max_mb is not None:
             sampler_max = rss.max_mb if sampler_max is None else max(sampler_max, rss.max_mb)
@@ -509,6 +572,7 @@ def time_model(seg: Segmenter, images: Sequence[np.ndarray], warmup: int = 5, ru
             "e2e": e,
             "stages": {f"{s}_p50_ms": float(np.median(v) / 1e6) for s, v in stage_ns.items()},
             "throughput_ips": b * runs * 1e9 / sum(model_ns),
+            "energy": power.energy(sum(model_ns) / 1e9, b * runs) if rails else None,
             "e2e_throughput_ips": b * runs * 1e9 / sum(e2e_ns),
         }
     memory = {

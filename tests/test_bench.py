@@ -250,3 +250,29 @@ def test_machine_info_parsers_and_never_raises(monkeypatch):
     monkeypatch.setattr(bench, "_run", boom)
     info = bench.machine_info()
     assert info["jetson"] is None and info["gpus"] is None and "versions" in info
+
+
+def test_jetson_energy_per_image_from_power_rails(tiny_bundle, embedded, tmp_path, monkeypatch):
+    """A fake INA3221 sysfs tree (what JetPack exposes): VDD_IN at 5 V x 2 A = 10 W."""
+    import edgeseg.bench as B
+    from edgeseg import data as D
+    from edgeseg.runtime import Segmenter
+
+    hw = tmp_path / "1-0040/hwmon/hwmon3"
+    hw.mkdir(parents=True)
+    (hw / "in1_label").write_text("VDD_IN\n")
+    (hw / "in1_input").write_text("5000\n")
+    (hw / "curr1_input").write_text("2000\n")
+    (hw / "in2_label").write_text("VDD_CPU_GPU_CV\n")
+    (hw / "in2_input").write_text("5000\n")
+    (hw / "curr2_input").write_text("500\n")
+    monkeypatch.setattr(B, "INA3221_ROOT", str(tmp_path))
+    assert [r[0] for r in B.power_rails(str(tmp_path))] == ["VDD_IN", "VDD_CPU_GPU_CV"]
+    images = [D.read_image(s.image) for s in D.discover(embedded, "val")[:2]]
+    res = B.time_model(Segmenter(tiny_bundle), images, warmup=1, runs=20)["batch"]["1"]
+    e = res["energy"]
+    assert e["rail"] == "VDD_IN" and e["mean_power_w"] == 10.0
+    seconds = sum(res["model"]["times_ms"]) / 1000
+    assert abs(e["energy_per_image_mj"] / (10.0 * seconds / 20 * 1000) - 1) < 1e-2  # times_ms are rounded
+    monkeypatch.setattr(B, "INA3221_ROOT", str(tmp_path / "none"))
+    assert B.time_model(Segmenter(tiny_bundle), images, warmup=1, runs=3)["batch"]["1"]["energy"] is None
