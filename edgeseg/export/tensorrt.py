@@ -433,8 +433,9 @@ def build_engine(bundle_dir: str | Path, out: Path, precision: str = "auto", bat
     bundle = read_bundle(bundle_dir)  # verifies every hash
     info = inspect_onnx(bundle.model_file)
     if info.qdq_problems:
-        raise BundleError(f"{bundle.model_file.name} has Q/DQ nodes TensorRT cannot build: "
-                          + "; ".join(info.qdq_problems[:5]))
+        raise BundleError(f"{bundle.model_file.name} has {len(info.qdq_problems)} Q/DQ node(s) TensorRT cannot build "
+                          f"(e.g. {info.qdq_problems[0]}): this is a CPU INT8 bundle; make one for TensorRT "
+                          "with `edgeseg compress --target tensorrt`, or build from the FP32 bundle")
     declared = str(bundle.manifest.get("precision", "")).lower()
     if _ALIASES.get(declared, declared) in PRECISIONS[1:] and _ALIASES.get(declared, declared) != info.precision:
         log.warning("bundle manifest says precision %s but its ONNX holds %s; building from the ONNX",
