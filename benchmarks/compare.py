@@ -11,8 +11,8 @@ Models (all from the same teacher checkpoint):
         --data ../shared/data/kvasir-seg --split test --bundle runs/kvasir_compressed/bundle \
         --bundle runs/kvasir_compressed/stages/export
 
-Writes benchmarks/results/compare_NAME.{json,csv,md} and PNG plots. OpenVINO + NNCF are not
-included: they are not installed here (see benchmarks/README.md).
+Writes benchmarks/results/compare_NAME.{json,csv,md} and PNG plots. OpenVINO + NNCF are measured
+separately by benchmarks/openvino_baseline.py (they are not edgeseg dependencies).
 """
 
 from __future__ import annotations
