@@ -29,6 +29,9 @@ from edgeseg.runtime.bundle import sha256_file, write_bundle
 
 log = logging.getLogger(__name__)
 
+# INT8 targets: cpu (static QDQ for ONNX Runtime CPU), tensorrt (symmetric QDQ for explicit
+# quantization), cpu-weights (INT8 weight storage, float compute: for CPUs where INT8 is not faster)
+TARGETS = ("cpu", "tensorrt", "cpu-weights")
 STAGES = ("teacher", "fold", "prune", "distill", "export", "quantize", "bundle")
 
 
@@ -71,8 +74,8 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.distill_epochs < 0 or self.calib_count < 1:
             raise ConfigError("distill epochs must be >= 0 and the calibration count >= 1")
-        if self.target not in ("cpu", "tensorrt"):
-            raise ConfigError(f"unknown --target {self.target!r}; choose cpu or tensorrt")
+        if self.target not in TARGETS:
+            raise ConfigError(f"unknown --target {self.target!r}; choose {', '.join(TARGETS)}")
         if self.max_dice_drop is not None and not 0 <= self.max_dice_drop < 1:
             raise ConfigError("--max-dice-drop must be in [0, 1)")
 
@@ -352,6 +355,8 @@ class Compressor:
 
         r = self.recipe
         src = read_bundle(export_dir)
+        if r.target == "cpu-weights":
+            return self._quantize_weights(src, q_dir, calib_info, t0)
         qz = Int8Quantizer(src.model_file, calib, recipe=r.target, method=r.calib_method)
         groups = qz.node_groups()
         notes: dict = {"recipe": r.target, "method": r.calib_method, "calibration": calib_info}
@@ -384,6 +389,24 @@ class Compressor:
             with atomic_dir(q_dir) as tmp:
                 for f in Path(bdir).iterdir():
                     os.replace(f, tmp / f.name)
+        return self._onnx_stage("quantize", q_dir, "int8", t0, notes=notes)
+
+    def _quantize_weights(self, src, q_dir: Path, calib_info, t0) -> StageResult:
+        """Weight-only INT8: no calibration and no activation quantization, so no guard search;
+        its Dice is measured like every stage's."""
+        import tempfile
+
+        from edgeseg.quantize import WEIGHT_ONLY_SESSION_CONFIG, weight_only_int8
+
+        with tempfile.TemporaryDirectory(prefix=".edgeseg-q-", dir=self.out) as td:
+            onnx_path = weight_only_int8(src.model_file, Path(td) / "model.onnx")
+            manifest = {k: v for k, v in src.manifest.items() if k not in ("files", "manifest_sha256",
+                                                                             "schema_version")}
+            manifest.update(precision="int8", quantization={"target": "cpu-weights", "weight_only": True},
+                            onnxruntime={"session_config": dict(WEIGHT_ONLY_SESSION_CONFIG)})
+            write_bundle(q_dir, {"model.onnx": onnx_path}, manifest)
+        notes = {"recipe": "cpu-weights", "method": "none (weight-only)", "calibration": calib_info,
+                 "float_blocks": [], "dice_fp32": self.state["stages"]["export"]["dice"]}
         return self._onnx_stage("quantize", q_dir, "int8", t0, notes=notes)
 
     def _dice(self, seg) -> float:
@@ -581,8 +604,12 @@ def markdown_report(rep: dict) -> str:
     q = next((s for s in rep["stages"] if s["name"] == "quantize"), None)
     if q:
         n = q["notes"]
-        lines += ["", "## INT8", "", f"- recipe `{n.get('recipe')}`, calibration `{n.get('method')}`",
-                  f"- Dice with every block in INT8: {n.get('dice_all_int8', float('nan')):.4f}"]
+        lines += ["", "## INT8", "", f"- recipe `{n.get('recipe')}`, calibration `{n.get('method')}`"]
+        if n.get("recipe") == "cpu-weights":
+            lines.append("- weight-only INT8: Conv/MatMul weights stored as INT8 (per channel), dequantized once "
+                         "when ONNX Runtime loads the bundle; activations stay float, so no block needs a fallback")
+        else:
+            lines.append(f"- Dice with every block in INT8: {n.get('dice_all_int8', float('nan')):.4f}")
         lines.append(f"- Dice of the FP32 model it was made from: {n.get('dice_fp32', float('nan')):.4f}")
         if n.get("fp32_over_budget_by"):
             lines.append(f"- the FP32 model already missed the Dice budget by {n['fp32_over_budget_by']:.4f} "
@@ -593,6 +620,8 @@ def markdown_report(rep: dict) -> str:
             for b in n["float_blocks"]:
                 lines.append(f"  - `{b['block']}`: alone recovers {b['dice_gain_alone']:+.4f} Dice; "
                              f"after keeping it, Dice {b['dice_after']:.4f}")
+        elif n.get("recipe") == "cpu-weights":
+            pass
         elif n.get("dice_all_int8", 0) >= n.get("dice_fp32", 1):
             lines.append("- INT8 cost no validation Dice here (all-INT8 >= FP32), so every block stays INT8")
         else:

@@ -138,3 +138,26 @@ def test_guard_does_not_chase_noise_when_fp32_already_missed_the_budget():
     kept, dice, notes = guard_fallback(["a", "b"], dice_of, teacher_dice=0.85, fp32_dice=0.80, budget=0.01)
     assert QUANT_TOL > 0.001 and kept == [] and abs(dice - 0.799) < 1e-9
     assert abs(notes["fp32_over_budget_by"] - 0.04) < 1e-9 and abs(notes["budget_missed_by"] - 0.041) < 1e-9
+
+
+def test_weight_only_int8_target(tiny_ckpt, embedded, tmp_path):
+    """cpu-weights: INT8 weights in a ~4x smaller file, float compute, ORT told to fold the DQs."""
+    import numpy as np
+
+    from edgeseg.runtime import Segmenter
+
+    rep = Compressor(tiny_ckpt, tmp_path / "w", recipe(embedded, distill_epochs=0, target="cpu-weights"),
+                     progress=False).run()
+    exp, q = rep["stages"][-2], rep["stages"][-1]
+    assert q["precision"] == "int8" and q["size_mb"] < 0.8 * exp["size_mb"]  # tiny model: many small layers stay float
+    b = read_bundle(tmp_path / "w/bundle")
+    assert b.manifest["onnxruntime"]["session_config"] == {"session.disable_quant_qdq": "1"}
+    seg, ref = Segmenter(tmp_path / "w/bundle"), Segmenter(tmp_path / "w/stages/export")
+    assert seg.runner.session_config == {"session.disable_quant_qdq": "1"}
+    x = np.random.default_rng(0).normal(size=(1, 3, 64, 64)).astype(np.float32)
+    a, r = seg.infer(x)["logits"], ref.infer(x)["logits"]
+    assert np.abs(a - r).max() < 0.05 * np.abs(r).max()
+    # the bare ONNX file carries the same request in its metadata
+    bare = Segmenter(b.model_file)
+    assert bare.runner.session_config == {"session.disable_quant_qdq": "1"}
+    assert "weight-only" in (tmp_path / "w/report.md").read_text()

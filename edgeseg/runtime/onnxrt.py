@@ -49,7 +49,7 @@ class OnnxRuntimeRunner:
     """
 
     def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None,
-                 inter_op_threads: int | None = 1) -> None:
+                 inter_op_threads: int | None = 1, session_config: dict | None = None) -> None:
         ort = _ort()
         path = Path(path)
         if not path.is_file():
@@ -61,6 +61,9 @@ class OnnxRuntimeRunner:
         if inter_op_threads:
             so.inter_op_num_threads = int(inter_op_threads)
         so.log_severity_level = 3
+        self.session_config = dict(session_config or {})
+        for key, value in self.session_config.items():  # e.g. what a weight-only INT8 bundle asks for
+            so.add_session_config_entry(str(key), str(value))
         self.providers = resolve_providers(providers)
         try:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=self.providers)

@@ -44,7 +44,14 @@ class Segmenter:
         else:
             from edgeseg.runtime.onnxrt import OnnxRuntimeRunner
 
-            self.runner = OnnxRuntimeRunner(model_file, providers=providers, threads=threads)
+            cfg = (info or {}).get("onnxruntime", {}).get("session_config") if info else None
+            self.runner = OnnxRuntimeRunner(model_file, providers=providers, threads=threads, session_config=cfg)
+            if info is None:  # a bare ONNX file: its embedded metadata may ask for session settings
+                meta = json.loads(self.runner.metadata().get(ONNX_META_KEY, "{}") or "{}")
+                cfg = (meta.get("quantization") or {}).get("onnxruntime_session_config")
+                if cfg:
+                    self.runner = OnnxRuntimeRunner(model_file, providers=providers, threads=threads,
+                                                    session_config=cfg)
         if info is None:
             meta = self.runner.metadata().get(ONNX_META_KEY)
             if meta is None:
