@@ -34,6 +34,11 @@ def main() -> None:
     ap.add_argument("--max-dice-drop", type=float, default=0.01)
     ap.add_argument("--depths", default="1,1,1,1", help="blocks kept per stage ('' = no depth pruning)")
     ap.add_argument("--skip-compress", action="store_true", help="reuse an existing --out")
+    ap.add_argument("--target", default="cpu", help="INT8 target: cpu, tensorrt or cpu-weights")
+    ap.add_argument("--name", default="compress_kvasir", help="results file name")
+    ap.add_argument("--reuse-from", default=None,
+                    help="copy the teacher..export stages of an earlier --out made with the same recipe except "
+                         "the INT8 target (those stages do not depend on it), then redo only quantize")
     a = ap.parse_args()
 
     import torch
@@ -51,7 +56,24 @@ def main() -> None:
     recipe = Recipe(calib=a.data, calib_split="calibration", calib_count=64, val=a.data, val_split="val",
                     train=a.data, train_split="train", prune_ratio=a.prune_ratio, decoder_ratio=a.decoder_ratio,
                     distill_epochs=a.distill_epochs, max_dice_drop=a.max_dice_drop, threads=a.threads,
-                    depths=tuple(int(v) for v in a.depths.split(",")) if a.depths else None)
+                    depths=tuple(int(v) for v in a.depths.split(",")) if a.depths else None, target=a.target)
+    if a.reuse_from and not Path(a.out).exists():
+        import json
+
+        from edgeseg.compress import _jsonable_recipe
+
+        shutil.copytree(a.reuse_from, a.out, ignore=shutil.ignore_patterns("bundle", "quantize", "report.*",
+                                                                           "dice_vs_latency.png"))
+        st = json.loads((Path(a.out) / "state.json").read_text())
+        st["stages"].pop("quantize", None)
+        for k, v in st["stages"].items():
+            v["path"] = v["path"].replace(str(Path(a.reuse_from).resolve()), str(Path(a.out).resolve()))
+        old = dict(st["recipe"])
+        st["recipe"] = _jsonable_recipe(recipe)
+        diff = {k for k in old if old[k] != st["recipe"].get(k)}
+        if diff - {"target"}:
+            raise SystemExit(f"--reuse-from: recipes differ in more than the target: {sorted(diff)}")
+        (Path(a.out) / "state.json").write_text(json.dumps(st, indent=2))
     if not a.skip_compress:
         Compressor(a.teacher, a.out, recipe).run()
     bundle = Path(a.out) / "bundle"
@@ -108,8 +130,8 @@ def main() -> None:
            "recipe": read_bundle(bundle).manifest.get("recipe"), "summary": summary, "targets": targets,
            "per_image_dice": {k: r["dice"] for k, r in rows.items()},
            "command": "python benchmarks/compress_kvasir.py " + " ".join(sys.argv[1:])}
-    save("compress_kvasir", res)
-    md = ["# compress_kvasir", "", f"Kvasir test split ({len(test)} images), batch 1, {a.threads} threads, "
+    save(a.name, res)
+    md = [f"# {a.name}", "", f"Kvasir test split ({len(test)} images), batch 1, {a.threads} threads, "
           f"input {meta.preprocess.height}x{meta.preprocess.width}, model-only p50.", "",
           "| model | precision | size MB | p50 ms (spread) | mean Dice | Dice drop mean / median / max | worst image |",
           "|---|---|---|---|---|---|---|"]
@@ -125,8 +147,8 @@ def main() -> None:
            f"- size vs FP32 ONNX: {t['size_ratio_vs_fp32_onnx']:.2f}x smaller (target 8x)",
            f"- Dice drop vs teacher: {t['dice_drop_vs_teacher']:+.4f} (target <= 0.010)", "",
            f"Command: `{res['command']}`"]
-    (RESULTS / "compress_kvasir.md").write_text("\n".join(md) + "\n")
-    shutil.copy(Path(a.out) / "report.md", RESULTS / "compress_kvasir_report.md")
+    (RESULTS / f"{a.name}.md").write_text("\n".join(md) + "\n")
+    shutil.copy(Path(a.out) / "report.md", RESULTS / f"{a.name}_report.md")
     print("\n".join(md))
 
 
