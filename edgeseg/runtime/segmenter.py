@@ -163,13 +163,13 @@ def _drift_guard(info: dict, path):
 
 
 def _sidecar(engine: Path) -> dict:
-    side = engine.with_suffix(engine.suffix + ".json")
-    if not side.is_file():
-        raise BundleError(f"TensorRT engine {engine.name} has no sidecar {side.name} describing its pre-processing")
-    try:
-        return json.loads(side.read_text())
-    except json.JSONDecodeError:
-        raise BundleError(f"{side} is not valid JSON") from None
+    from edgeseg.runtime.tensorrt import read_sidecar, sidecar_path  # both torch- and tensorrt-free
+
+    meta = read_sidecar(engine)
+    if not meta:
+        raise BundleError(f"TensorRT engine {engine.name} has no sidecar {sidecar_path(engine).name} "
+                          "describing its pre-processing")
+    return meta
 
 
 __all__ = ["Segmenter", "softmax"]
