@@ -116,6 +116,9 @@ def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     return w
 
 
+_F32_MAX_BAND = 32
+
+
 @lru_cache(maxsize=64)
 def _band(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     """The non-zeros of :func:`resize_matrix` as a band: first input index per output and the
@@ -127,7 +130,10 @@ def _band(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     width = max(1, int(max(np.flatnonzero(row).max() - st + 1 for row, st in zip(nz, start))))
     idx = np.minimum(start[:, None] + np.arange(width)[None, :], n_in - 1)
     wts = np.where(start[:, None] + np.arange(width)[None, :] < n_in, np.take_along_axis(w, idx, axis=1), 0)
-    wts = wts.astype(np.float32)
+    # a wide band (a long side shrunk to a few pixels) sums hundreds of terms: float32 weights and
+    # sums drift visibly from the input's values there (1403 -> 1 rows: 4e-3), so wide bands use
+    # float64; narrow ones (the usual photo -> model input case) stay float32 for speed
+    wts = wts.astype(np.float64 if width > _F32_MAX_BAND else np.float32)
     idx.setflags(write=False)
     wts.setflags(write=False)
     return idx, wts
@@ -140,11 +146,13 @@ def _resize_axis(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
     idx, wts = _band(n_in, n_out)
     shape = [1] * a.ndim
     shape[axis] = n_out
+    if idx.shape[1] == 1:  # pure gather (with weight 1) or nearest: no sum to drift
+        return (np.take(a, idx[:, 0], axis=axis) * wts[:, 0].reshape(shape).astype(np.float32))
     out = None
     for k in range(idx.shape[1]):
         term = np.take(a, idx[:, k], axis=axis) * wts[:, k].reshape(shape)
         out = term if out is None else out + term
-    return out
+    return out.astype(np.float32)
 
 
 def resize(arr: np.ndarray, height: int, width: int) -> np.ndarray:
