@@ -14,7 +14,7 @@ SHARED = ROOT.parent / "shared" / "data"
 
 
 def p50(seg, images, threads, warmup=10, runs=100) -> dict:
-    from edgeseg.bench import time_model
+    from edgeseg.measure.bench import time_model
 
     t = time_model(seg, images, warmup=warmup, runs=runs, keep_times=False)["batch"]["1"]
     return {"model": {k: t["model"][k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "spread_ms")},
@@ -23,7 +23,7 @@ def p50(seg, images, threads, warmup=10, runs=100) -> dict:
 
 
 def per_image_dice(seg, samples, num_classes=2) -> dict[str, float]:
-    from edgeseg import data as D
+    from edgeseg.data import folders as D
     from edgeseg.runtime.metrics import dice_score
 
     out = {}
@@ -34,7 +34,7 @@ def per_image_dice(seg, samples, num_classes=2) -> dict[str, float]:
 
 
 def save(name: str, obj: dict) -> Path:
-    from edgeseg.bench import machine_info
+    from edgeseg.measure.bench import machine_info
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     obj = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(), **obj}

@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--max-images", type=int, default=30)
     a = ap.parse_args()
 
-    from edgeseg.bench import BenchConfig, bench
+    from edgeseg.measure.bench import BenchConfig, bench
 
     cfg = BenchConfig(runs=a.runs, warmup=5, threads=a.threads, max_images=a.max_images, keep_times=False)
     r1 = bench(a.models, a.data, a.split, config=cfg)

@@ -41,12 +41,12 @@ def main() -> None:
 
     import torch
 
-    from edgeseg.bench import BenchConfig, bench
+    from edgeseg.measure.bench import BenchConfig, bench
     from edgeseg.export.onnx import ExportConfig
     from edgeseg.export.pipeline import export_bundle
-    from edgeseg.model import load_checkpoint
-    from edgeseg.quantize import load_calibration, quantize_dynamic_baseline, quantize_static_baseline
-    from edgeseg.report import write_report
+    from edgeseg.model.checkpoint import load_checkpoint
+    from edgeseg.quantize.static import load_calibration, quantize_dynamic_baseline, quantize_static_baseline
+    from edgeseg.measure.report import write_report
     from edgeseg.runtime.bundle import read_bundle, write_bundle
 
     torch.set_num_threads(a.threads)

@@ -43,12 +43,12 @@ def main() -> None:
 
     import torch
 
-    from edgeseg import data as D
-    from edgeseg.compress import Compressor, Recipe
+    from edgeseg.data import folders as D
+    from edgeseg.compress.pipeline import Compressor, Recipe
     from edgeseg.export.onnx import ExportConfig
     from edgeseg.export.pipeline import export_bundle
-    from edgeseg.model import load_checkpoint
-    from edgeseg.quantize import load_calibration, quantize_static_baseline
+    from edgeseg.model.checkpoint import load_checkpoint
+    from edgeseg.quantize.static import load_calibration, quantize_static_baseline
     from edgeseg.runners import open_model, torch_segmenter
     from edgeseg.runtime.bundle import read_bundle, write_bundle
 
@@ -60,7 +60,7 @@ def main() -> None:
     if a.reuse_from and not Path(a.out).exists():
         import json
 
-        from edgeseg.compress import _jsonable_recipe
+        from edgeseg.compress.pipeline import _jsonable_recipe
 
         shutil.copytree(a.reuse_from, a.out, ignore=shutil.ignore_patterns("bundle", "quantize", "report.*",
                                                                            "dice_vs_latency.png"))

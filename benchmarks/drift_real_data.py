@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--margin", type=float, default=1.5)
     a = ap.parse_args()
 
-    from edgeseg import data as D
+    from edgeseg.data import folders as D
     from edgeseg.runtime.drift import DriftGuard, image_stats
 
     root = Path(a.data)

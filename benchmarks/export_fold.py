@@ -28,11 +28,11 @@ def main() -> None:
 
     import torch
 
-    from edgeseg import data as D
+    from edgeseg.data import folders as D
     from edgeseg.export.onnx import ExportConfig
     from edgeseg.export.pipeline import export_bundle
     from edgeseg.fold import decode_head_macs, fold_decode_head
-    from edgeseg.model import load_checkpoint
+    from edgeseg.model.checkpoint import load_checkpoint
     from edgeseg.prune import count_macs_params
     from edgeseg.runners import open_model, torch_segmenter
 

@@ -27,9 +27,9 @@ DATA = ROOT.parent / "shared" / "data" / "kvasir-seg"
 
 
 def prepare() -> None:
-    from edgeseg import data as D
-    from edgeseg.model import read_meta
-    from edgeseg.quantize import load_calibration
+    from edgeseg.data import folders as D
+    from edgeseg.model.checkpoint import read_meta
+    from edgeseg.quantize.static import load_calibration
     from edgeseg.runtime.preprocess import preprocess
 
     meta = read_meta(ROOT / "benchmarks/teachers/kvasir-b0")
@@ -84,7 +84,7 @@ def score() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _common import distribution, save
 
-    from edgeseg import data as D
+    from edgeseg.data import folders as D
     from edgeseg.runtime.metrics import dice_score
     from edgeseg.runtime.preprocess import postprocess
 

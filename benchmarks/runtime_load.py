@@ -34,7 +34,7 @@ from _common import ROOT, save  # noqa: E402
 
 
 def _images(n_embedded: int = 8) -> tuple[list[str], list[np.ndarray]]:
-    from edgeseg import data as D
+    from edgeseg.data import folders as D
 
     samples = D.discover(ROOT / "calibration_data", "test", require_masks=False)[:n_embedded]
     names = [s.name for s in samples]
@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="result name under benchmarks/results (default runtime_load)")
     a = ap.parse_args()
 
-    from edgeseg.bench import current_rss_mb
+    from edgeseg.measure.bench import current_rss_mb
     from edgeseg.runtime import Segmenter
     from edgeseg.runtime.bundle import read_bundle
 

@@ -15,7 +15,7 @@ edgeseg evaluate "$OUT" "$DATA" --split test --threads 2 -q \
     --json benchmarks/results/teacher_kvasir_test.json --csv benchmarks/results/teacher_kvasir_test_per_image.csv
 python - <<'PY'
 import json
-from edgeseg.bench import machine_info
+from edgeseg.measure.bench import machine_info
 p = "benchmarks/results/teacher_kvasir_test.json"
 d = json.load(open(p))
 d["machine"] = machine_info()

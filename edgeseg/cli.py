@@ -100,8 +100,8 @@ def train(
 ):
     """Train or fine-tune a SegFormer; writes a standard HF checkpoint directory."""
     _setup_logging(verbose)
-    from edgeseg.train import TrainConfig
-    from edgeseg.train import train as run_train
+    from edgeseg.train.loop import TrainConfig
+    from edgeseg.train.loop import train as run_train
 
     cfg = TrainConfig(
         data=str(data), out=str(out), variant=variant, config_file=str(config) if config else None,
@@ -164,7 +164,7 @@ def evaluate(
 ):
     """Dice, IoU, precision, recall, specificity, accuracy, ROC-AUC, HD95 of any model on a folder."""
     _setup_logging(verbose)
-    from edgeseg import data as D
+    from edgeseg.data import folders as D
     from edgeseg.evaluate import evaluate as run_eval
     from edgeseg.evaluate import format_table, write_json, write_rows_csv
     from edgeseg.runners import open_model
@@ -283,10 +283,10 @@ def bench(
 ):
     """Latency (model-only and end-to-end), throughput, memory, size, Dice and its drop per model x backend."""
     _setup_logging(verbose)
-    from edgeseg.bench import BenchConfig, compare_baseline, load_result, parse_batch_sizes
-    from edgeseg.bench import bench as run_bench
+    from edgeseg.measure.bench import BenchConfig, compare_baseline, load_result, parse_batch_sizes
+    from edgeseg.measure.bench import bench as run_bench
     from edgeseg.evaluate import write_json
-    from edgeseg import report
+    from edgeseg.measure import report
 
     cfg = BenchConfig(runs=runs, warmup=warmup, batch_sizes=parse_batch_sizes(batch_sizes), threads=threads,
                       providers=tuple(tuple(_providers(p) or ["cpu"]) for p in (providers or ["cpu"])),
@@ -337,7 +337,7 @@ def compress(
 ):
     """Fold, prune, distill, export, quantize and bundle a SegFormer, with a per-stage report."""
     _setup_logging(verbose)
-    from edgeseg.compress import Compressor, Recipe, default_job
+    from edgeseg.compress.pipeline import Compressor, Recipe, default_job
 
     given = dict(calib=calib, calib_split=calib_split, calib_count=calib_count, val=val, val_split=val_split,
                  train=train, train_split=train_split, prune_ratio=prune_ratio, decoder_ratio=decoder_ratio,
@@ -358,7 +358,7 @@ def compress(
         typer.echo(f"no checkpoint given: compressing the embedded demo teacher {checkpoint}", err=True)
     rec = Recipe.from_file(recipe, **given) if recipe else Recipe(**given)
     report = Compressor(checkpoint, out, rec, progress=not quiet).run()
-    from edgeseg.compress import terminal_table
+    from edgeseg.compress.pipeline import terminal_table
 
     typer.echo(terminal_table(report))
     typer.echo(f"bundle: {report['bundle']}\nreport: {out / 'report.md'}")

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from edgeseg import data as D
+from edgeseg.data import folders as D
 from edgeseg.errors import ConfigError
-from edgeseg.model import build_model, checkpoint_sha256, load_checkpoint
+from edgeseg.model.checkpoint import build_model, checkpoint_sha256, load_checkpoint
 from edgeseg.runtime.preprocess import Preprocess
-from edgeseg.train import TrainConfig, class_weights_for, fit, load_arrays, seg_loss
+from edgeseg.train.loop import TrainConfig, class_weights_for, fit, load_arrays, seg_loss
 
 log = logging.getLogger(__name__)
 

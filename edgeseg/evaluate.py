@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg import data as D
+from edgeseg.data import folders as D
 from edgeseg.errors import DataError
 from edgeseg.runtime.metrics import MetricAccumulator
 from edgeseg.runtime.segmenter import Segmenter

@@ -52,7 +52,7 @@ def open_model(path: str | Path, providers: list[str] | None = None, threads: in
     if not path.exists():
         raise ModelError(f"model not found: {path}")
     if is_checkpoint(path):
-        from edgeseg.model import load_checkpoint
+        from edgeseg.model.checkpoint import load_checkpoint
 
         if threads:
             import torch

@@ -38,7 +38,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
     """A tiny SegFormer trained for two short epochs on the embedded set (64 px)."""
-    from edgeseg.train import TrainConfig, train
+    from edgeseg.train.loop import TrainConfig, train
 
     out = tmp_path_factory.mktemp("ckpt") / "tiny"
     train(TrainConfig(data=str(EMBEDDED), out=str(out), variant="tiny", size=64, epochs=2, batch_size=8,

@@ -146,7 +146,7 @@ def huge_png(path: Path, w: int = 20000, h: int = 20000) -> Path:
 def models(tmp_path_factory):
     """(checkpoint, bundle): an untrained tiny SegFormer at 64 px, and its exported bundle."""
     from edgeseg.export.pipeline import export_bundle
-    from edgeseg.model import CheckpointMeta, build_model, save_checkpoint
+    from edgeseg.model.checkpoint import CheckpointMeta, build_model, save_checkpoint
     from edgeseg.runtime.preprocess import Preprocess
 
     root = tmp_path_factory.mktemp("models")
@@ -265,7 +265,7 @@ def test_mask_of_wrong_size_strict_evaluate(bundle, tmp_path, out):
 def test_mask_of_wrong_size_is_left_out_loudly_bench(bundle, tmp_path):
     """Without --strict one mismatched pair among good ones is left out, named in a warning, and
     never resized to fit."""
-    from edgeseg import data as D
+    from edgeseg.data import folders as D
 
     d = labelled(tmp_path / "d")
     write_img(d / "masks/s1.png", mask01(30, 56))

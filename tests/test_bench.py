@@ -92,7 +92,7 @@ def test_report_files(result):
 
 
 def test_baseline_doctored_fails_and_itself_passes(result, tiny_ckpt, tiny_bundle, embedded, tmp_path):
-    from edgeseg.bench import compare_baseline
+    from edgeseg.measure.bench import compare_baseline
 
     res = result["json"]
     assert compare_baseline(res, res) == []
@@ -114,7 +114,7 @@ def test_baseline_doctored_fails_and_itself_passes(result, tiny_ckpt, tiny_bundl
 
 
 def test_compare_baseline_rules():
-    from edgeseg.bench import compare_baseline
+    from edgeseg.measure.bench import compare_baseline
 
     def res(p50, spread, dice):
         st = {"p50_ms": p50, "spread_ms": spread}
@@ -135,7 +135,7 @@ def test_compare_baseline_rules():
 
 
 def test_lesion_detection_on_hand_made_mask():
-    from edgeseg.bench import connected_components, lesion_hits, lesion_sensitivity
+    from edgeseg.measure.bench import connected_components, lesion_hits, lesion_sensitivity
 
     gt = np.zeros((100, 100), np.uint8)
     gt[10:15, 10:15] = 1  # 25 px = 0.25% of the image
@@ -167,8 +167,8 @@ def test_lesion_detection_on_hand_made_mask():
 
 
 def test_accuracy_with_reference_masks(tiny_bundle, embedded):
-    from edgeseg import data as D
-    from edgeseg.bench import accuracy
+    from edgeseg.data import folders as D
+    from edgeseg.measure.bench import accuracy
     from edgeseg.runners import open_model
 
     samples = D.discover(embedded, "val")[:3]
@@ -181,8 +181,8 @@ def test_accuracy_with_reference_masks(tiny_bundle, embedded):
 
 
 def test_time_model_in_process(tiny_bundle, embedded):
-    from edgeseg import data as D
-    from edgeseg.bench import time_model
+    from edgeseg.data import folders as D
+    from edgeseg.measure.bench import time_model
     from edgeseg.runners import open_model
 
     seg = open_model(tiny_bundle, threads=1)
@@ -215,7 +215,7 @@ def test_empty_data_without_masks_is_one_line(tiny_bundle, tmp_path):
 
 
 def test_missing_matplotlib_names_the_extra(monkeypatch, tmp_path):
-    from edgeseg import report
+    from edgeseg.measure import report
     from edgeseg.errors import DependencyError
 
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
@@ -229,14 +229,14 @@ def test_missing_matplotlib_names_the_extra(monkeypatch, tmp_path):
 
 
 def test_pareto_front():
-    from edgeseg.report import pareto_front
+    from edgeseg.measure.report import pareto_front
 
     pts = [(10.0, 0.80), (5.0, 0.78), (20.0, 0.79), (5.0, 0.70), (30.0, 0.85), (None, 0.9)]
     assert pareto_front(pts) == [1, 0, 4]
 
 
 def test_machine_info_parsers_and_never_raises(monkeypatch):
-    from edgeseg import bench
+    from edgeseg.measure import bench
 
     assert bench.parse_tegra_release("# R36 (release), REVISION: 3.0, GCID: 36106755, BOARD: generic") == "36.3.0"
     assert bench.jetpack_for("36.3.0") == "6.0" and bench.jetpack_for("35.4.1") == "5.1.2"
@@ -254,8 +254,8 @@ def test_machine_info_parsers_and_never_raises(monkeypatch):
 
 def test_jetson_energy_per_image_from_power_rails(tiny_bundle, embedded, tmp_path, monkeypatch):
     """A fake INA3221 sysfs tree (what JetPack exposes): VDD_IN at 5 V x 2 A = 10 W."""
-    import edgeseg.bench as B
-    from edgeseg import data as D
+    import edgeseg.measure.bench as B
+    from edgeseg.data import folders as D
     from edgeseg.runtime import Segmenter
 
     hw = tmp_path / "1-0040/hwmon/hwmon3"

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from edgeseg.compress import Compressor, Recipe
+from edgeseg.compress.pipeline import Compressor, Recipe
 from edgeseg.errors import ConfigError
 from edgeseg.runtime.bundle import read_bundle
 
@@ -60,7 +60,7 @@ def test_compress_refuses_other_recipe_on_same_output(compressed, tiny_ckpt, emb
 
 
 def test_interrupted_compress_leaves_no_bundle_and_resumes(tiny_ckpt, embedded, tmp_path, monkeypatch):
-    import edgeseg.compress as C
+    import edgeseg.compress.pipeline as C
 
     def boom(*a, **k):
         raise KeyboardInterrupt
@@ -77,7 +77,7 @@ def test_interrupted_compress_leaves_no_bundle_and_resumes(tiny_ckpt, embedded, 
 
 
 def test_tensorrt_target_gives_symmetric_qdq(tiny_ckpt, embedded, tmp_path):
-    from edgeseg.quantize import check_tensorrt_qdq
+    from edgeseg.quantize.static import check_tensorrt_qdq
 
     Compressor(tiny_ckpt, tmp_path / "t", recipe(embedded, distill_epochs=0, target="tensorrt",
                                                  max_dice_drop=None), progress=False).run()
@@ -98,7 +98,7 @@ def test_recipe_file(tmp_path, embedded):
 
 
 def test_guard_returns_sensitive_blocks_to_float_until_budget_holds():
-    from edgeseg.compress import guard_fallback
+    from edgeseg.compress.pipeline import guard_fallback
 
     # synthetic model: INT8 of block "b" costs 0.05 Dice, "c" 0.02, "a" nothing; FP32 Dice 0.90
     cost = {"a": 0.0, "b": 0.05, "c": 0.02}
@@ -130,7 +130,7 @@ def test_guard_in_pipeline_records_its_decisions(tiny_ckpt, embedded, tmp_path):
 
 
 def test_guard_does_not_chase_noise_when_fp32_already_missed_the_budget():
-    from edgeseg.compress import QUANT_TOL, guard_fallback
+    from edgeseg.compress.pipeline import QUANT_TOL, guard_fallback
 
     def dice_of(float_blocks):  # INT8 costs 0.001 in total, below QUANT_TOL
         return 0.80 - (0.0 if "a" in float_blocks else 0.001)

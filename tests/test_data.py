@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from conftest import write_img
-from edgeseg import data as D
+from edgeseg.data import folders as D
 from edgeseg.errors import DataError
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import EMBEDDED
-from edgeseg import data as D
+from edgeseg.data import folders as D
 from edgeseg.runtime.drift import FEATURES, MIN_THRESHOLD, DriftGuard, image_stats
 from edgeseg.runtime.errors import InputError
 
@@ -154,7 +154,7 @@ def test_drift_module_is_numpy_only():
 # =========================================================================== in bundles
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    from edgeseg.model import CheckpointMeta, build_model, save_checkpoint
+    from edgeseg.model.checkpoint import CheckpointMeta, build_model, save_checkpoint
     from edgeseg.runtime.preprocess import Preprocess
 
     return save_checkpoint(build_model("tiny").eval(), CheckpointMeta(preprocess=Preprocess(64, 64)),
@@ -190,7 +190,7 @@ def test_export_with_too_few_images_records_no_stats(ckpt, tmp_path):
 def test_compress_final_bundle_carries_calibration_stats(ckpt, tmp_path, calib):
     """End to end, kept small: no distillation, no INT8; the final manifest's statistics are
     those of the calibration images (not of the export stage's parity images)."""
-    from edgeseg.compress import Compressor, Recipe
+    from edgeseg.compress.pipeline import Compressor, Recipe
     from edgeseg.runtime import Segmenter
 
     d = str(EMBEDDED)

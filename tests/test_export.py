@@ -8,7 +8,7 @@ import torch
 from edgeseg.export.onnx import ExportConfig, export_onnx
 from edgeseg.export.validate import ParityError, Tolerance, check
 from edgeseg.fold import FoldedDecodeHead, decode_head_macs, fold_decode_head
-from edgeseg.model import build_model
+from edgeseg.model.checkpoint import build_model
 from edgeseg.runtime.bundle import BundleError, read_bundle
 from edgeseg.runtime.segmenter import Segmenter
 
@@ -74,7 +74,7 @@ def test_onnx_export_parity_and_postprocess(tmp_path, post):
 
 
 def test_bundle_runs_and_matches_checkpoint(tiny_ckpt, tiny_bundle, embedded):
-    from edgeseg import data as D
+    from edgeseg.data import folders as D
     from edgeseg.evaluate import evaluate
     from edgeseg.runners import open_model
 

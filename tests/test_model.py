@@ -3,7 +3,7 @@ import json
 import pytest
 
 from edgeseg.errors import ConfigError, ModelError
-from edgeseg.model import build_config, build_model, checkpoint_sha256, load_checkpoint
+from edgeseg.model.checkpoint import build_config, build_model, checkpoint_sha256, load_checkpoint
 
 
 def test_variants_and_unknown_variant():

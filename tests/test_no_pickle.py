@@ -102,7 +102,7 @@ class _Evil:
 
 @pytest.fixture
 def pickle_only_ckpt(tmp_path):
-    from edgeseg.model import build_config
+    from edgeseg.model.checkpoint import build_config
 
     d = tmp_path / "pickled"
     d.mkdir()
@@ -118,7 +118,7 @@ def test_pickle_only_checkpoint_refused_and_never_unpickled(pickle_only_ckpt, mo
     import torch
 
     from edgeseg.errors import ModelError
-    from edgeseg.model import load_checkpoint
+    from edgeseg.model.checkpoint import load_checkpoint
 
     def no_unpickling(*a, **k):
         raise AssertionError("torch.load was called on a checkpoint")
@@ -144,7 +144,7 @@ def test_pickle_only_checkpoint_refused_by_the_cli(pickle_only_ckpt, tmp_path):
 
 def test_safetensors_wins_over_a_pickle_beside_it(pickle_only_ckpt, tmp_path):
     """A checkpoint with both files loads the safetensors and never touches the pickle."""
-    from edgeseg.model import CheckpointMeta, build_model, load_checkpoint, save_checkpoint
+    from edgeseg.model.checkpoint import CheckpointMeta, build_model, load_checkpoint, save_checkpoint
 
     d = save_checkpoint(build_model("tiny").eval(), CheckpointMeta(), tmp_path / "both")
     shutil.copy(pickle_only_ckpt / "pytorch_model.bin", d / "pytorch_model.bin")

@@ -6,10 +6,10 @@ import torch
 
 from edgeseg.distill import DistillConfig, distill, init_from_teacher, make_loss
 from edgeseg.errors import ConfigError, ModelError
-from edgeseg.model import CheckpointMeta, build_model, load_checkpoint, save_checkpoint
+from edgeseg.model.checkpoint import CheckpointMeta, build_model, load_checkpoint, save_checkpoint
 from edgeseg.prune import PruneConfig, count_macs_params, prune, widths
 from edgeseg.runtime.preprocess import Preprocess
-from edgeseg.train import TrainConfig
+from edgeseg.train.loop import TrainConfig
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from conftest import write_img
-from edgeseg import data as D
+from edgeseg.data import folders as D
 from edgeseg.errors import ConfigError, DataError, ModelError
 from edgeseg.export.onnx import export_onnx, get_metadata
-from edgeseg.model import build_model
-from edgeseg.quantize import (CALIBRATION_METHODS, RECIPES, CalibrationReader, Int8Quantizer, check_tensorrt_qdq,
+from edgeseg.model.checkpoint import build_model
+from edgeseg.quantize.static import (CALIBRATION_METHODS, RECIPES, CalibrationReader, Int8Quantizer, check_tensorrt_qdq,
                               group_of, load_calibration, looks_like_noise, quantize_dynamic_baseline,
                               quantize_static_baseline)
 from edgeseg.runtime.preprocess import Preprocess

@@ -3,7 +3,7 @@
 Three layers, so that most of it is checked on a CPU-only machine:
 
 1. the pure decisions in ``edgeseg.export.tensorrt`` (version -> flags, precision checks, DLA,
-   profile shapes, sidecar content) and ``edgeseg.runtime.tensorrt`` (versions, shape checks);
+   profile shapes, sidecar content) and ``edgeseg.runtime.runners.tensorrt`` (versions, shape checks);
 2. ``build_engine`` and ``TensorRTRunner`` driven end to end against a *fake* ``tensorrt``
    module and a fake CUDA memory backend (a fake engine runs the ONNX with ONNX Runtime and
    moves real bytes through the fake device memory). The fakes follow the TensorRT 10/11 Python
@@ -28,7 +28,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-import edgeseg.runtime.tensorrt as rtt  # noqa: E402
+import edgeseg.runtime.runners.tensorrt as rtt  # noqa: E402
 from edgeseg.errors import BundleError, ConfigError, DependencyError, EdgesegError, InputError  # noqa: E402
 from edgeseg.export import tensorrt as xtrt  # noqa: E402
 from edgeseg.runtime.bundle import read_bundle, write_bundle  # noqa: E402
@@ -97,7 +97,7 @@ def bundle(tmp_path):
 
 
 def ort_run(onnx_path: Path, x: np.ndarray) -> np.ndarray:
-    from edgeseg.runtime.onnxrt import OnnxRuntimeRunner
+    from edgeseg.runtime.runners.onnxrt import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner(onnx_path).infer(x)["logits"]
 

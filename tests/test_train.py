@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 
-from edgeseg.train import TrainConfig, lr_factor, seg_loss, train
+from edgeseg.train.loop import TrainConfig, lr_factor, seg_loss, train
 
 
 def test_lr_schedule_warms_up_then_decays():

@@ -10,11 +10,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from edgeseg import __version__
-from edgeseg import data as D
+from edgeseg.data import folders as D
 from edgeseg.errors import DataError
 from edgeseg.export.onnx import ExportConfig, export_onnx
 from edgeseg.export.validate import Tolerance, check, parity, tolerance_dict
-from edgeseg.model import CheckpointMeta, checkpoint_sha256, load_checkpoint
+from edgeseg.model.checkpoint import CheckpointMeta, checkpoint_sha256, load_checkpoint
 from edgeseg.runners import torch_segmenter
 from edgeseg.runtime.bundle import write_bundle
 from edgeseg.runtime.segmenter import Segmenter

@@ -38,7 +38,7 @@ from typing import Sequence
 
 from edgeseg.errors import BundleError, ConfigError, DependencyError, EdgesegError
 from edgeseg.runtime.bundle import Bundle, read_bundle
-from edgeseg.runtime.tensorrt import (device_info, import_tensorrt, parse_version, sidecar_path,
+from edgeseg.runtime.runners.tensorrt import (device_info, import_tensorrt, parse_version, sidecar_path,
                                       trt_logger)
 
 log = logging.getLogger(__name__)

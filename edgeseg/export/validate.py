@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edgeseg import data as D
+from edgeseg.data import folders as D
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime.metrics import MetricAccumulator
 from edgeseg.runtime.segmenter import Segmenter

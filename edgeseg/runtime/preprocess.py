@@ -24,7 +24,7 @@ from edgeseg.runtime.errors import InputError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_POLICIES = ("stretch",)
-# Largest image the runtime accepts (and edgeseg.data reads): pre-processing makes a float32
+# Largest image the runtime accepts (and edgeseg.data.folders reads): pre-processing makes a float32
 # copy (12 bytes a pixel), so a 20000 x 20000 image would need ~5 GB. Downscale or tile first.
 MAX_IMAGE_PIXELS = 100_000_000
 MAX_INPUT_SIDE = 8192  # the model's own input height/width

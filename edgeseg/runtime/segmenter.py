@@ -38,11 +38,11 @@ class Segmenter:
         else:
             raise BundleError(f"model not found or of unknown type: {path} (expected a bundle dir, .onnx or .engine)")
         if model_file.suffix in (".engine", ".plan"):
-            from edgeseg.runtime.tensorrt import TensorRTRunner
+            from edgeseg.runtime.runners.tensorrt import TensorRTRunner
 
             self.runner = TensorRTRunner(model_file)
         else:
-            from edgeseg.runtime.onnxrt import OnnxRuntimeRunner
+            from edgeseg.runtime.runners.onnxrt import OnnxRuntimeRunner
 
             cfg = (info or {}).get("onnxruntime", {}).get("session_config") if info else None
             self.runner = OnnxRuntimeRunner(model_file, providers=providers, threads=threads, session_config=cfg)
@@ -163,7 +163,7 @@ def _drift_guard(info: dict, path):
 
 
 def _sidecar(engine: Path) -> dict:
-    from edgeseg.runtime.tensorrt import read_sidecar, sidecar_path  # both torch- and tensorrt-free
+    from edgeseg.runtime.runners.tensorrt import read_sidecar, sidecar_path  # both torch- and tensorrt-free
 
     meta = read_sidecar(engine)
     if not meta:

@@ -699,7 +699,7 @@ def _image_dice_iou(res: dict, multiclass: bool) -> tuple[float, float]:
 
 
 def _iter_pairs(samples, num_classes: int):
-    from edgeseg import data as D
+    from edgeseg.data import folders as D
 
     for s in samples:
         if isinstance(s, D.Sample):
@@ -923,7 +923,7 @@ def bench(models: Sequence[str | Path], data: str | Path, split: str | None = No
     and engines run once per entry of ``config.providers``. The reference is ``reference``, or
     else the first checkpoint among ``models``, or else none (no drop figures).
     """
-    from edgeseg import data as D
+    from edgeseg.data import folders as D
     from edgeseg.runners import is_checkpoint, open_model
 
     cfg = config or BenchConfig()

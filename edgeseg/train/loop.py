@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg import data as D
+from edgeseg.data import folders as D
 from edgeseg.errors import ConfigError
-from edgeseg.model import CheckpointMeta, atomic_dir, build_model, load_checkpoint, save_checkpoint
+from edgeseg.model.checkpoint import CheckpointMeta, atomic_dir, build_model, load_checkpoint, save_checkpoint
 from edgeseg.runtime.metrics import MetricAccumulator
 from edgeseg.runtime.preprocess import Preprocess, postprocess, resize
 
@@ -183,7 +183,7 @@ def evaluate_model(model, originals, pp: Preprocess, num_classes: int, device, b
 def train(cfg: TrainConfig) -> Path:
     import torch
 
-    from edgeseg.model import checkpoint_sha256
+    from edgeseg.model.checkpoint import checkpoint_sha256
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -380,7 +380,7 @@ def _resume(resume_dir: Path, model, opt, sched, cfg: TrainConfig, device) -> _S
 
 
 def _update_history(out: Path, state: _State) -> None:
-    from edgeseg.model import META_FILE
+    from edgeseg.model.checkpoint import META_FILE
 
     mp = out / META_FILE
     if mp.is_file():

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg import data as D
+from edgeseg.data import folders as D
 from edgeseg.errors import ConfigError
 from edgeseg.export.onnx import ExportConfig
-from edgeseg.model import CheckpointMeta, atomic_dir, checkpoint_sha256, load_checkpoint, save_checkpoint
+from edgeseg.model.checkpoint import CheckpointMeta, atomic_dir, checkpoint_sha256, load_checkpoint, save_checkpoint
 from edgeseg.runners import open_model, torch_segmenter
 from edgeseg.runtime.bundle import sha256_file, write_bundle
 
@@ -179,7 +179,7 @@ class Compressor:
     # ------------------------------------------------------------------ measuring
     def measure(self, name: str, seg, path: Path, params=None, macs=None, precision="fp32", t0=None,
                 notes=None) -> StageResult:
-        from edgeseg.bench import time_model
+        from edgeseg.measure.bench import time_model
         from edgeseg.runtime.metrics import MetricAccumulator
 
         acc = MetricAccumulator(num_classes=len(self.meta.classes))
@@ -270,7 +270,7 @@ class Compressor:
             dist_dir = self.stages_dir / "distill"
             if not (res := self._done("distill")):
                 from edgeseg.distill import DistillConfig, distill
-                from edgeseg.train import TrainConfig
+                from edgeseg.train.loop import TrainConfig
 
                 t0 = time.time()
                 train_root, train_split, val_split = self._train_data()
@@ -327,7 +327,7 @@ class Compressor:
         return m
 
     def _calibration(self):
-        from edgeseg.quantize import load_calibration
+        from edgeseg.quantize.static import load_calibration
 
         return load_calibration(self.calib_root, self.pp, count=self.recipe.calib_count, split=self.recipe.calib_split,
                                 seed=self.recipe.seed)
@@ -350,7 +350,7 @@ class Compressor:
     def _quantize(self, export_dir: Path, q_dir: Path, calib, calib_info, teacher_dice: float, t0) -> StageResult:
         import tempfile
 
-        from edgeseg.quantize import Int8Quantizer
+        from edgeseg.quantize.static import Int8Quantizer
         from edgeseg.runtime.bundle import read_bundle
 
         r = self.recipe
@@ -396,7 +396,7 @@ class Compressor:
         its Dice is measured like every stage's."""
         import tempfile
 
-        from edgeseg.quantize import WEIGHT_ONLY_SESSION_CONFIG, weight_only_int8
+        from edgeseg.quantize.static import WEIGHT_ONLY_SESSION_CONFIG, weight_only_int8
 
         with tempfile.TemporaryDirectory(prefix=".edgeseg-q-", dir=self.out) as td:
             onnx_path = weight_only_int8(src.model_file, Path(td) / "model.onnx")
@@ -459,7 +459,7 @@ class Compressor:
         return input_stats_for(samples, what="calibration images")
 
     def _report(self, results: dict, calib_info: dict) -> dict:
-        from edgeseg.bench import machine_info
+        from edgeseg.measure.bench import machine_info
         from edgeseg.evaluate import write_json
 
         rows = [asdict(v) for v in results.values()]
@@ -476,7 +476,7 @@ class Compressor:
         return report
 
 
-EMBEDDED = Path(__file__).resolve().parents[1] / "calibration_data"
+EMBEDDED = Path(__file__).resolve().parents[2] / "calibration_data"
 
 
 def default_job() -> tuple[Path, dict]:

@@ -2,7 +2,7 @@
 
 Torch-free. ``tensorrt`` and the CUDA memory library are imported lazily, inside the
 constructor, so importing this module never needs either. The runner mirrors
-:class:`edgeseg.runtime.onnxrt.OnnxRuntimeRunner`: ``infer`` takes an NCHW float32 array and
+:class:`edgeseg.runtime.runners.onnxrt.OnnxRuntimeRunner`: ``infer`` takes an NCHW float32 array and
 returns every engine output by name; ``metadata`` returns the engine's sidecar
 (``ENGINE.engine.json``: pre-processing, classes, outputs and build facts); ``close`` frees
 the GPU memory.

@@ -35,7 +35,7 @@ from typing import Iterable, Mapping
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantType
 
-from edgeseg import data as D
+from edgeseg.data import folders as D
 from edgeseg.errors import ConfigError, DataError, ModelError
 from edgeseg.runtime.preprocess import Preprocess, preprocess, validate_image
 
@@ -132,7 +132,7 @@ def load_calibration(root: str | Path, pp: Preprocess, count: int = 64, split: s
     folder of images. ``split`` is a split name (``ROOT/splits/NAME.txt``) or a split file.
     ``count`` images are chosen (all of them if there are fewer) by a seeded random choice, kept
     in folder order. Returns ``(N x 3 x h x w float32, info)`` with info ``count``, ``sha256``
-    (see :func:`edgeseg.data.fingerprint`), ``root``, ``split``, ``seed``.
+    (see :func:`edgeseg.data.folders.fingerprint`), ``root``, ``split``, ``seed``.
 
     Raises DataError for fewer than 8 images (unless ``allow_few``) and when more than a quarter
     of the images are noise or constant.

@@ -1,4 +1,4 @@
-"""Present ``edgeseg.bench`` results: terminal table, CSV, Markdown and PNG plots.
+"""Present ``edgeseg.measure.bench`` results: terminal table, CSV, Markdown and PNG plots.
 
 Everything here reads the plain dict that ``bench`` returns (or its JSON file), so a report
 can be rebuilt later from a saved result. matplotlib is optional (``pip install
