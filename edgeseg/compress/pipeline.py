@@ -23,7 +23,8 @@ import numpy as np
 from edgeseg.data import folders as D
 from edgeseg.errors import ConfigError
 from edgeseg.export.onnx import ExportConfig
-from edgeseg.model.checkpoint import CheckpointMeta, atomic_dir, checkpoint_sha256, load_checkpoint, save_checkpoint
+from edgeseg.runtime.files import atomic_dir
+from edgeseg.model.checkpoint import CheckpointMeta, checkpoint_sha256, load_checkpoint, save_checkpoint
 from edgeseg.runners import open_model, torch_segmenter
 from edgeseg.runtime.bundle import sha256_file, write_bundle
 

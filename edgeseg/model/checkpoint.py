@@ -11,13 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeseg.errors import ConfigError, ModelError
+from edgeseg.runtime.files import atomic_dir
 from edgeseg.runtime.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -225,35 +223,6 @@ def checkpoint_sha256(path: str | Path) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
-
-
-def atomic_dir(out: Path):
-    """Context manager: yields a temp dir beside OUT, renamed to OUT only on success."""
-    return _AtomicDir(Path(out))
-
-
-class _AtomicDir:
-    def __init__(self, out: Path) -> None:
-        self.out = out
-
-    def __enter__(self) -> Path:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
-        self.tmp.chmod(0o755)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        old = None
-        if self.out.exists():
-            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
-            os.replace(self.out, old)
-        os.replace(self.tmp, self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return False
 
 
 def save_checkpoint(model, meta: CheckpointMeta, out: str | Path) -> Path:

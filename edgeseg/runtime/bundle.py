@@ -11,27 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from edgeseg.runtime.errors import BundleError
+from edgeseg.runtime.files import atomic_dir, atomic_write_json, sha256_file
 from edgeseg.runtime.preprocess import Preprocess
 
 MANIFEST = "edgeseg.json"
 SCHEMA_VERSION = 1
 OUTPUT_KINDS = ("logits", "mask", "probs")
 REQUIRED = ("schema_version", "model", "files", "preprocess", "classes", "outputs", "precision")
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _safe_name(name: object) -> str:
@@ -143,10 +134,7 @@ def write_bundle(out: str | Path, files: dict[str, str | Path], manifest: dict, 
         raise BundleError(f"{out} exists")
     if out.exists() and not is_bundle(out):
         raise BundleError(f"{out} exists and is not a bundle; refusing to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        tmp.chmod(0o755)
+    with atomic_dir(out) as tmp:
         digests = {}
         for name, src in files.items():
             _safe_name(name)
@@ -156,19 +144,5 @@ def write_bundle(out: str | Path, files: dict[str, str | Path], manifest: dict, 
         m["schema_version"] = SCHEMA_VERSION
         m["files"] = digests
         m["manifest_sha256"] = manifest_digest(m)
-        with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
-            json.dump(m, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        atomic_write_json(tmp / MANIFEST, m)
     return out

@@ -21,7 +21,8 @@ import numpy as np
 
 from edgeseg.data import folders as D
 from edgeseg.errors import ConfigError
-from edgeseg.model.checkpoint import CheckpointMeta, atomic_dir, build_model, load_checkpoint, save_checkpoint
+from edgeseg.runtime.files import atomic_dir
+from edgeseg.model.checkpoint import CheckpointMeta, build_model, load_checkpoint, save_checkpoint
 from edgeseg.runtime.metrics import MetricAccumulator
 from edgeseg.runtime.preprocess import Preprocess, postprocess, resize
 
