@@ -328,7 +328,7 @@ class Compressor:
         return m
 
     def _calibration(self):
-        from edgeseg.quantize.static import load_calibration
+        from edgeseg.quantize import load_calibration
 
         return load_calibration(self.calib_root, self.pp, count=self.recipe.calib_count, split=self.recipe.calib_split,
                                 seed=self.recipe.seed)
@@ -351,7 +351,7 @@ class Compressor:
     def _quantize(self, export_dir: Path, q_dir: Path, calib, calib_info, teacher_dice: float, t0) -> StageResult:
         import tempfile
 
-        from edgeseg.quantize.static import Int8Quantizer
+        from edgeseg.quantize import Int8Quantizer
         from edgeseg.runtime.bundle import read_bundle
 
         r = self.recipe
@@ -397,7 +397,7 @@ class Compressor:
         its Dice is measured like every stage's."""
         import tempfile
 
-        from edgeseg.quantize.static import WEIGHT_ONLY_SESSION_CONFIG, weight_only_int8
+        from edgeseg.quantize import WEIGHT_ONLY_SESSION_CONFIG, weight_only_int8
 
         with tempfile.TemporaryDirectory(prefix=".edgeseg-q-", dir=self.out) as td:
             onnx_path = weight_only_int8(src.model_file, Path(td) / "model.onnx")
