@@ -45,7 +45,8 @@ def main() -> None:
     from edgeseg.export.onnx import ExportConfig
     from edgeseg.export.pipeline import export_bundle
     from edgeseg.model.checkpoint import load_checkpoint
-    from edgeseg.quantize.static import load_calibration, quantize_dynamic_baseline, quantize_static_baseline
+    from edgeseg.quantize import load_calibration
+    from ort_baselines import quantize_dynamic_baseline, quantize_static_baseline
     from edgeseg.measure.report import write_report
     from edgeseg.runtime.bundle import read_bundle, write_bundle
 
@@ -60,13 +61,12 @@ def main() -> None:
     calib_split = a.calib_split if (Path(a.data) / "splits" / f"{a.calib_split}.txt").is_file() else "train"
     calib, _ = load_calibration(a.data, meta.preprocess, count=64, split=calib_split)
     src = read_bundle(plain)
-    man = {k: v for k, v in src.manifest.items() if k not in ("files", "manifest_sha256", "schema_version")}
     for name, fn in (("ort_static_int8_default", lambda o: quantize_static_baseline(src.model_file, o, calib)),
                      ("ort_dynamic_int8", lambda o: quantize_dynamic_baseline(src.model_file, o))):
         d = work / name
         if not d.exists():
             q = fn(work / f"{name}.onnx")
-            write_bundle(d, {"model.onnx": q}, {**man, "precision": "int8", "baseline": name})
+            write_bundle(d, {"model.onnx": q}, src.manifest.derive(precision="int8", baseline=name))
     models = [a.teacher, plain, work / "ort_static_int8_default", work / "ort_dynamic_int8", *a.bundle]
     cfg = BenchConfig(runs=a.runs, warmup=5, threads=a.threads, batch_sizes=(1, 4))
     result = bench(models, a.data, a.split, reference=a.teacher, config=cfg, progress=True)

@@ -48,7 +48,8 @@ def main() -> None:
     from edgeseg.export.onnx import ExportConfig
     from edgeseg.export.pipeline import export_bundle
     from edgeseg.model.checkpoint import load_checkpoint
-    from edgeseg.quantize.static import load_calibration, quantize_static_baseline
+    from edgeseg.quantize import load_calibration
+    from ort_baselines import quantize_static_baseline
     from edgeseg.runners import open_model, torch_segmenter
     from edgeseg.runtime.bundle import read_bundle, write_bundle
 
@@ -93,9 +94,7 @@ def main() -> None:
         calib, info = load_calibration(a.data, meta.preprocess, count=64, split="calibration")
         q = quantize_static_baseline(plain / "model.onnx", Path(td) / "ort_int8.onnx", calib)
         b = read_bundle(plain)
-        man = {k: v for k, v in b.manifest.items() if k not in ("files", "manifest_sha256", "schema_version")}
-        man["precision"] = "int8"
-        write_bundle(Path(td) / "ort_int8", {"model.onnx": q}, man)
+        write_bundle(Path(td) / "ort_int8", {"model.onnx": q}, b.manifest.derive(precision="int8"))
         for name, path in (("onnxruntime_fp32_plain", plain), ("onnxruntime_static_int8_default", Path(td) / "ort_int8"),
                            ("edgeseg_bundle", bundle)):
             seg = open_model(path, threads=a.threads)

@@ -180,7 +180,7 @@ class Compressor:
     # ------------------------------------------------------------------ measuring
     def measure(self, name: str, seg, path: Path, params=None, macs=None, precision="fp32", t0=None,
                 notes=None) -> StageResult:
-        from edgeseg.measure.bench import time_model
+        from edgeseg.measure.timing import time_model
         from edgeseg.runtime.metrics import MetricAccumulator
 
         acc = MetricAccumulator(num_classes=len(self.meta.classes))
@@ -190,10 +190,10 @@ class Compressor:
             per[n] = row["dice"] if "dice" in row else float("nan")
         s = acc.summary()
         timing = time_model(seg, [p[1] for p in self.val_pairs()[:8]], warmup=self.recipe.warmup,
-                            runs=self.recipe.runs, keep_times=False)["batch"]["1"]["model"]
+                            runs=self.recipe.runs, keep_times=False, threads=self.recipe.threads).first.model
         res = StageResult(name=name, path=str(path), params=params, gflops=None if macs is None else 2 * macs / 1e9,
                           size_mb=_size_mb(path), runner=seg.runner.name, precision=precision,
-                          p50_ms=timing["p50_ms"], p90_ms=timing["p90_ms"], spread_ms=timing["spread_ms"],
+                          p50_ms=timing.p50_ms, p90_ms=timing.p90_ms, spread_ms=timing.spread_ms,
                           dice=s["mean_dice"], iou=s["mean_iou"], median_dice=s["median_dice"],
                           seconds=None if t0 is None else round(time.time() - t0, 1), notes=notes or {})
         if name == "teacher":
@@ -368,10 +368,8 @@ class Compressor:
                 onnx_path = Path(td) / f"{tag}.onnx"
                 qz.quantize(onnx_path, exclude=[n for g in exclude_groups for n in groups[g]])
                 bdir = Path(td) / f"{tag}.bundle"
-                manifest = {k: v for k, v in src.manifest.items() if k not in ("files", "manifest_sha256",
-                                                                                 "schema_version")}
-                manifest.update(precision="int8", quantization={"target": r.target, "method": r.calib_method,
-                                                                "float_blocks": exclude_groups})
+                manifest = src.manifest.derive(precision="int8", quantization={
+                    "target": r.target, "method": r.calib_method, "float_blocks": exclude_groups})
                 write_bundle(bdir, {"model.onnx": onnx_path}, manifest)
                 seg = open_model(bdir, threads=r.threads)
                 return bdir, self._dice(seg)
@@ -401,10 +399,9 @@ class Compressor:
 
         with tempfile.TemporaryDirectory(prefix=".edgeseg-q-", dir=self.out) as td:
             onnx_path = weight_only_int8(src.model_file, Path(td) / "model.onnx")
-            manifest = {k: v for k, v in src.manifest.items() if k not in ("files", "manifest_sha256",
-                                                                             "schema_version")}
-            manifest.update(precision="int8", quantization={"target": "cpu-weights", "weight_only": True},
-                            onnxruntime={"session_config": dict(WEIGHT_ONLY_SESSION_CONFIG)})
+            manifest = src.manifest.derive(precision="int8", quantization={"target": "cpu-weights",
+                                                                           "weight_only": True},
+                                           onnxruntime={"session_config": dict(WEIGHT_ONLY_SESSION_CONFIG)})
             write_bundle(q_dir, {"model.onnx": onnx_path}, manifest)
         notes = {"recipe": "cpu-weights", "method": "none (weight-only)", "calibration": calib_info,
                  "float_blocks": [], "dice_fp32": self.state["stages"]["export"]["dice"]}
@@ -422,27 +419,23 @@ class Compressor:
         from edgeseg.runtime.bundle import read_bundle
 
         src = read_bundle(src_dir)
-        manifest = {k: v for k, v in src.manifest.items() if k not in ("files", "manifest_sha256", "schema_version")}
-        manifest["recipe"] = _jsonable_recipe(self.recipe)
-        manifest["calibration"] = calib_info
-        manifest["stages"] = [_stage_summary(v) for v in results.values()]
+        m = src.manifest
+        changes: dict = {"recipe": _jsonable_recipe(self.recipe), "calibration": calib_info,
+                         "stages": [_stage_summary(v) for v in results.values()]}
         if "quantize" in results:
             q = results["quantize"].notes
-            manifest["quantization"] = {**manifest.get("quantization", {}),
-                                        **{k: q[k] for k in ("recipe", "method", "float_blocks", "dice_all_int8",
-                                                             "dice_fp32", "budget_missed_by") if k in q}}
-        manifest["metrics"] = {**manifest.get("metrics", {}), "validation": {
+            changes["quantization"] = {**m.get("quantization", {}),
+                                       **{k: q[k] for k in ("recipe", "method", "float_blocks", "dice_all_int8",
+                                                            "dice_fp32", "budget_missed_by") if k in q}}
+        changes["metrics"] = {**m.get("metrics", {}), "validation": {
             "data": self.recipe.val, "split": self.recipe.val_split, "images": len(self.val),
             "dice": results[list(results)[-1]].dice, "teacher_dice": results["teacher"].dice}}
-        manifest["provenance"] = {**manifest.get("provenance", {}), "teacher_checkpoint": str(self.checkpoint),
-                                  "teacher_sha256": self.state["checkpoint_sha256"]}
-        # [drift guard] the input statistics of the calibration images (not the export stage's parity images)
-        stats = self._calibration_input_stats(calib_info)
-        if stats is not None:
-            manifest["input_stats"] = stats
-        else:
-            manifest.pop("input_stats", None)
-        return write_bundle(out, {"model.onnx": src.model_file}, manifest)
+        changes["provenance"] = {**m.get("provenance", {}), "teacher_checkpoint": str(self.checkpoint),
+                                 "teacher_sha256": self.state["checkpoint_sha256"]}
+        # [drift guard] the input statistics of the calibration images (not the export stage's parity
+        # images); None removes the export's statistics when the calibration set is too small
+        changes["input_stats"] = self._calibration_input_stats(calib_info)
+        return write_bundle(out, {"model.onnx": src.model_file}, m.derive(**changes))
 
     def _calibration_input_stats(self, calib_info: dict) -> dict | None:
         """[drift guard] ``input_stats`` from the raw uint8 calibration images: the same images
@@ -460,7 +453,7 @@ class Compressor:
         return input_stats_for(samples, what="calibration images")
 
     def _report(self, results: dict, calib_info: dict) -> dict:
-        from edgeseg.measure.bench import machine_info
+        from edgeseg.measure.machine import machine_info
         from edgeseg.evaluate import write_json
 
         rows = [asdict(v) for v in results.values()]

@@ -10,19 +10,17 @@ file name with path components, a missing file or one changed byte is refused wi
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from edgeseg.runtime.errors import BundleError
-from edgeseg.runtime.files import atomic_dir, atomic_write_json, sha256_file
+from edgeseg.runtime.files import atomic_dir, atomic_write_json, read_json, sha256_file
+from edgeseg.runtime.manifest import SCHEMA_VERSION, WRITER_KEYS, Manifest, manifest_digest
 from edgeseg.runtime.preprocess import Preprocess
 
 MANIFEST = "edgeseg.json"
-SCHEMA_VERSION = 1
-OUTPUT_KINDS = ("logits", "mask", "probs")
-REQUIRED = ("schema_version", "model", "files", "preprocess", "classes", "outputs", "precision")
+MAX_MODEL_BYTES = 2_000_000_000  # ONNX's protobuf limit; larger models need external data, which bundles refuse
 
 
 def _safe_name(name: object) -> str:
@@ -37,99 +35,100 @@ def _safe_name(name: object) -> str:
 @dataclass(frozen=True)
 class Bundle:
     path: Path
-    manifest: dict
-    preprocess: Preprocess
+    manifest: Manifest
+    model_bytes: bytes | None = field(default=None, repr=False, compare=False)  # the verified bytes
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.manifest.preprocess
 
     @property
     def classes(self) -> list[str]:
-        return list(self.manifest["classes"])
+        return list(self.manifest.classes)
 
     @property
     def colors(self) -> list[tuple[int, int, int]]:
-        return [tuple(c) for c in self.manifest.get("colors", [])]
+        return list(self.manifest.colors)
 
     @property
     def model_file(self) -> Path:
-        return self.path / self.manifest["model"]
+        return self.path / self.manifest.model
 
     @property
     def outputs(self) -> list[dict]:
-        return list(self.manifest["outputs"])
+        return [o.to_dict() for o in self.manifest.outputs]
 
     @property
     def precision(self) -> str:
-        return str(self.manifest["precision"])
+        return self.manifest.precision
 
 
 def is_bundle(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
 
 
+def _regular(fp: Path, what: str) -> None:
+    if fp.is_symlink():
+        raise BundleError(f"{what} {fp.name} is a link; a bundle holds only its own regular files")
+    if not fp.is_file():
+        raise BundleError(f"bundle file missing: {fp}")
+
+
 def read_bundle(path: str | Path, verify: bool = True) -> Bundle:
-    """Open and verify a bundle directory. Raises BundleError on anything unexpected."""
+    """Open and verify a bundle directory. Raises BundleError on anything unexpected.
+
+    With ``verify`` (the default) the folder must hold exactly the manifest and the files it
+    lists, none of them links, each matching its sha256; the model's verified bytes are kept
+    and are what the runtime loads (no second read that could see other bytes).
+    """
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise BundleError(f"bundle not found: {path}")
     mf = path / MANIFEST
     if not path.is_dir() or not mf.is_file():
         raise BundleError(f"{path} is not a bundle: no {MANIFEST}")
-    try:
-        m = json.loads(mf.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{mf} is corrupt (not valid JSON: {exc})") from None
-    if not isinstance(m, dict):
-        raise BundleError(f"{mf} is corrupt: expected a JSON object")
-    v = m.get("schema_version")
-    if v != SCHEMA_VERSION:
-        raise BundleError(f"{mf} has schema version {v!r}; this edgeseg reads version {SCHEMA_VERSION}")
-    missing = [k for k in REQUIRED if k not in m]
-    if missing:
-        raise BundleError(f"{mf} lacks required field(s): {', '.join(missing)}")
-    files = m["files"]
-    if not isinstance(files, dict) or not files:
-        raise BundleError(f"{mf}: 'files' must map file names to sha256")
-    for name in files:
-        _safe_name(name)
-    if _safe_name(m["model"]) not in files:
-        raise BundleError(f"{mf}: model file {m['model']!r} is not listed under 'files'")
     if verify:
-        claimed = m.get("manifest_sha256")
-        if claimed is not None and claimed != manifest_digest(m):
+        _regular(mf, "manifest")
+    raw = read_json(mf, error=BundleError, what=str(mf))
+    m = Manifest.from_dict(raw, str(mf))
+    for name in m.files:
+        _safe_name(name)
+    if _safe_name(m.model) not in m.files:
+        raise BundleError(f"{mf}: model file {m.model!r} is not listed under 'files'")
+    model_bytes = None
+    if verify:
+        if m.manifest_sha256 != manifest_digest(raw):
             raise BundleError(f"{mf} was modified after it was written (manifest checksum mismatch)")
-        for name, digest in files.items():
+        extra = sorted(p.name for p in path.iterdir() if p.name != MANIFEST and p.name not in m.files)
+        if extra:
+            raise BundleError(f"{path} holds file(s) its manifest does not list: {', '.join(extra[:5])}; "
+                              "a bundle is exactly its listed files (remove them or re-export)")
+        for name, digest in m.files.items():
             fp = path / name
-            if not fp.is_file():
-                raise BundleError(f"bundle file missing: {fp}")
-            if sha256_file(fp) != digest:
+            _regular(fp, "bundle file")
+            if fp.stat().st_size > MAX_MODEL_BYTES:
+                raise BundleError(f"bundle file {name} is larger than {MAX_MODEL_BYTES // 10**9} GB")
+            data = fp.read_bytes()
+            if hashlib.sha256(data).hexdigest() != digest:
                 raise BundleError(f"bundle file {name} does not match its sha256 in {MANIFEST} (tampered or corrupt)")
-    outs = m["outputs"]
-    if not isinstance(outs, list) or not outs or any(
-            not isinstance(o, dict) or o.get("kind") not in OUTPUT_KINDS or not isinstance(o.get("name"), str)
-            for o in outs):
-        raise BundleError(f"{mf}: 'outputs' must list graph outputs {{name, kind}} of kinds {OUTPUT_KINDS}")
-    classes = m["classes"]
-    if not isinstance(classes, list) or len(classes) < 2:
-        raise BundleError(f"{mf}: 'classes' must list at least two class names")
-    try:
-        pp = Preprocess.from_dict(m["preprocess"])
-    except Exception as exc:
-        raise BundleError(f"{mf}: invalid preprocess record: {exc}") from None
-    return Bundle(path=path, manifest=m, preprocess=pp)
+            if name == m.model:
+                model_bytes = data
+    return Bundle(path=path, manifest=m, model_bytes=model_bytes)
 
 
-def manifest_digest(m: dict) -> str:
-    """sha256 of the manifest's canonical JSON without its own checksum field."""
-    body = {k: v for k, v in m.items() if k != "manifest_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def write_bundle(out: str | Path, files: dict[str, str | Path], manifest: dict, overwrite: bool = True) -> Path:
+def write_bundle(out: str | Path, files: dict[str, str | Path], manifest: Manifest | dict,
+                 overwrite: bool = True) -> Path:
     """Write a bundle atomically. ``files`` maps bundle file names to source paths (copied).
 
     The manifest gets ``schema_version``, ``files`` (sha256 of each) and its own checksum.
     Until the final rename nothing exists at ``out``; an old bundle there is replaced whole.
     """
     out = Path(out)
+    if not isinstance(manifest, Manifest):
+        manifest = Manifest.from_dict({k: v for k, v in manifest.items() if k not in WRITER_KEYS},
+                                      "manifest to write", written=False)
+    if manifest.model not in files:
+        raise BundleError(f"the manifest's model file {manifest.model!r} is not among the files to write")
     if out.exists() and not overwrite:
         raise BundleError(f"{out} exists")
     if out.exists() and not is_bundle(out):
@@ -140,9 +139,9 @@ def write_bundle(out: str | Path, files: dict[str, str | Path], manifest: dict, 
             _safe_name(name)
             shutil.copyfile(src, tmp / name)
             digests[name] = sha256_file(tmp / name)
-        m = dict(manifest)
-        m["schema_version"] = SCHEMA_VERSION
-        m["files"] = digests
-        m["manifest_sha256"] = manifest_digest(m)
-        atomic_write_json(tmp / MANIFEST, m)
+        atomic_write_json(tmp / MANIFEST, manifest.sealed(digests).to_dict())
     return out
+
+
+__all__ = ["MANIFEST", "SCHEMA_VERSION", "Bundle", "Manifest", "is_bundle", "manifest_digest", "read_bundle",
+           "sha256_file", "write_bundle"]

@@ -44,8 +44,9 @@ class Segmenter:
         else:
             from edgeseg.runtime.runners.onnxrt import OnnxRuntimeRunner
 
-            cfg = (info or {}).get("onnxruntime", {}).get("session_config") if info else None
-            self.runner = OnnxRuntimeRunner(model_file, providers=providers, threads=threads, session_config=cfg)
+            cfg = self.bundle.manifest.session_config if self.bundle is not None else None
+            self.runner = OnnxRuntimeRunner(model_file, providers=providers, threads=threads, session_config=cfg,
+                                            model_bytes=self.bundle.model_bytes if self.bundle is not None else None)
             if info is None:  # a bare ONNX file: its embedded metadata may ask for session settings
                 meta = json.loads(self.runner.metadata().get(ONNX_META_KEY, "{}") or "{}")
                 cfg = (meta.get("quantization") or {}).get("onnxruntime_session_config")
@@ -151,7 +152,7 @@ def _nearest(mask: np.ndarray, h: int, w: int) -> np.ndarray:
 
 def _drift_guard(info: dict, path):
     """[drift guard] The bundle's DriftGuard, None when it records no input statistics."""
-    stats = info.get("input_stats") if isinstance(info, dict) else None
+    stats = info.get("input_stats") if hasattr(info, "get") else None
     if stats is None:
         return None
     from edgeseg.runtime.drift import DriftGuard

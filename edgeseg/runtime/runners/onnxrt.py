@@ -49,10 +49,13 @@ class OnnxRuntimeRunner:
     """
 
     def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None,
-                 inter_op_threads: int | None = 1, session_config: dict | None = None) -> None:
+                 inter_op_threads: int | None = 1, session_config: dict | None = None,
+                 model_bytes: bytes | None = None) -> None:
+        """``model_bytes``: the model as already read (and verified) by the caller; loaded from
+        memory, so a model that refers to external data files cannot reach them."""
         ort = _ort()
         path = Path(path)
-        if not path.is_file():
+        if model_bytes is None and not path.is_file():
             raise BundleError(f"ONNX model not found: {path}")
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -66,9 +69,13 @@ class OnnxRuntimeRunner:
             so.add_session_config_entry(str(key), str(value))
         self.providers = resolve_providers(providers)
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=so, providers=self.providers)
+            src = model_bytes if model_bytes is not None else str(path)
+            self.session = ort.InferenceSession(src, sess_options=so, providers=self.providers)
         except Exception as exc:  # ORT raises its own Fail / InvalidGraph / InvalidProtobuf types
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if model_bytes is not None and "external" in msg.lower():
+                raise BundleError(f"{path.name} reads weights from a file outside its bundle (ONNX external "
+                                  "data); a bundle's model must be self-contained") from None
             raise BundleError(f"cannot load ONNX model {path.name}: {msg[:300]}") from None
         self.path = path
         self.name = "onnxruntime-" + self.session.get_providers()[0].replace("ExecutionProvider", "").lower()
