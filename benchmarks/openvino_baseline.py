@@ -29,7 +29,7 @@ DATA = ROOT.parent / "shared" / "data" / "kvasir-seg"
 def prepare() -> None:
     from edgeseg.data import folders as D
     from edgeseg.model.checkpoint import read_meta
-    from edgeseg.quantize.static import load_calibration
+    from edgeseg.quantize import load_calibration
     from edgeseg.runtime.preprocess import preprocess
 
     meta = read_meta(ROOT / "benchmarks/teachers/kvasir-b0")

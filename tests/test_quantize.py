@@ -14,9 +14,9 @@ from edgeseg.data import folders as D
 from edgeseg.errors import ConfigError, DataError, ModelError
 from edgeseg.export.onnx import export_onnx, get_metadata
 from edgeseg.model.checkpoint import build_model
-from edgeseg.quantize.static import (CALIBRATION_METHODS, RECIPES, CalibrationReader, Int8Quantizer, check_tensorrt_qdq,
-                              group_of, load_calibration, looks_like_noise, quantize_dynamic_baseline,
-                              quantize_static_baseline)
+from edgeseg.data.calibration import load_calibration, looks_like_noise
+from edgeseg.quantize import (CALIBRATION_METHODS, TARGETS, CalibrationReader, Int8Quantizer, check_tensorrt_qdq,
+                              group_of)
 from edgeseg.runtime.preprocess import Preprocess
 
 SIZE = 64
@@ -43,7 +43,7 @@ def test_images(embedded):
 @pytest.fixture(scope="module")
 def quantizers(fp32, calib):
     x, info = calib
-    return {r: Int8Quantizer(fp32, x, r, "minmax", calib_info=info) for r in RECIPES}
+    return {r: Int8Quantizer(fp32, x, r, "minmax", calib_info=info) for r, t in TARGETS.items() if not t.weight_only}
 
 
 def _sessions_agree(fp32, q, x) -> float:
@@ -255,7 +255,7 @@ def test_quantize_does_not_recalibrate(quantizers, tmp_path, monkeypatch):
     assert a.is_file() and b.is_file()
 
 
-@pytest.mark.parametrize("recipe", sorted(RECIPES))
+@pytest.mark.parametrize("recipe", sorted(r for r, t in TARGETS.items() if not t.weight_only))
 @pytest.mark.parametrize("method", sorted(CALIBRATION_METHODS))
 def test_every_recipe_and_method_runs_and_agrees(fp32, calib, test_images, recipe, method, tmp_path):
     x, _ = calib
@@ -279,14 +279,3 @@ def test_errors(fp32, calib, tmp_path):
         Int8Quantizer(tmp_path / "missing.onnx", x)
     with pytest.raises(DataError, match="height"):
         Int8Quantizer(fp32, np.zeros((8, 3, 32, 32), np.float32))
-
-
-def test_baselines(fp32, calib, test_images, tmp_path):
-    x, _ = calib
-    dyn = quantize_dynamic_baseline(fp32, tmp_path / "dyn.onnx")
-    st = quantize_static_baseline(fp32, tmp_path / "st.onnx", x)
-    for out in (dyn, st):
-        assert get_metadata(onnx.load(str(out)))["precision"] == "int8"
-        assert _sessions_agree(fp32, out, test_images) > 0.80
-    # ORT's default static INT8 uses asymmetric int8 activations: not TensorRT-ready
-    assert any("non-zero zero point" in p for p in check_tensorrt_qdq(st))

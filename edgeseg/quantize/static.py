@@ -1,21 +1,16 @@
-"""Post-training INT8 quantization of exported SegFormer ONNX models (Q/DQ format).
+"""Static Q/DQ INT8 quantization with calibration (the ``cpu`` and ``tensorrt`` targets).
 
-The pieces, in the order a user meets them:
+- :class:`CalibrationReader` feeds calibration images to ONNX Runtime's calibrators, one
+  distinct batch per call;
+- :data:`CALIBRATION_METHODS` holds the range estimators (``minmax``, ``entropy``, ``percentile``);
+- :class:`Int8Quantizer` calibrates once and then writes any number of Q/DQ models quickly,
+  each with a chosen set of nodes left in float (the building block of the per-block float
+  fallback that ``compress``'s accuracy guard searches over; see :func:`group_of`).
 
-- :func:`load_calibration` reads *real* images (and refuses noise, constant images, or too few),
-  pre-processes them exactly like the model expects and fingerprints the set;
-- :class:`CalibrationReader` feeds them to ONNX Runtime's calibrators, one distinct batch per call;
-- :data:`RECIPES` holds the quantization settings per deployment target (``cpu``, ``tensorrt``),
-  :data:`CALIBRATION_METHODS` the range estimators (``minmax``, ``entropy``, ``percentile``);
-- :class:`Int8Quantizer` calibrates once and then writes any number of Q/DQ models quickly, each
-  with a chosen set of nodes left in float (the building block of sensitivity searches);
-- :func:`check_tensorrt_qdq` lists what TensorRT's explicit quantization would not accept;
-- :func:`quantize_dynamic_baseline` / :func:`quantize_static_baseline` reproduce what users get
-  today from ONNX Runtime's defaults, for benchmarks.
-
-Only compute-heavy ops (Conv, MatMul, Gemm) are quantized; LayerNormalization, Softmax, GELU
-(Erf), Add, Resize, ... stay in float. Those are the ops where INT8 buys little speed but costs
-most accuracy in transformers.
+What each target's model looks like is in :mod:`edgeseg.quantize.targets`. Only compute-heavy
+ops (Conv, MatMul, Gemm) are quantized; LayerNormalization, Softmax, GELU (Erf), Add, Resize, ...
+stay in float: those are the ops where INT8 buys little speed but costs most accuracy in
+transformers. Calibration images come from :func:`edgeseg.data.calibration.load_calibration`.
 """
 
 from __future__ import annotations
@@ -24,7 +19,6 @@ import contextlib
 import copy
 import io
 import logging
-import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -33,155 +27,17 @@ from types import MappingProxyType
 from typing import Iterable, Mapping
 
 import numpy as np
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantType
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
 
-from edgeseg.data import folders as D
 from edgeseg.errors import ConfigError, DataError, ModelError
-from edgeseg.runtime.preprocess import Preprocess, preprocess, validate_image
+from edgeseg.export.qdq_rules import tensorrt_qdq_problems as check_tensorrt_qdq  # noqa: F401 - old import path
+from edgeseg.quantize.graph import (edgeseg_meta, float_graph_outputs, group_of, image_input, load_onnx, mark_int8,
+                                    save_model)
+from edgeseg.quantize.targets import QuantRecipe, get_target
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "MIN_CALIBRATION_IMAGES",
-    "NOISE_CORRELATION",
-    "CONSTANT_STD",
-    "noise_stats",
-    "looks_like_noise",
-    "load_calibration",
-    "CalibrationReader",
-    "Recipe",
-    "RECIPES",
-    "Calibration",
-    "CALIBRATION_METHODS",
-    "get_recipe",
-    "get_calibration",
-    "Int8Quantizer",
-    "group_of",
-    "check_tensorrt_qdq",
-    "quantize_dynamic_baseline",
-    "quantize_static_baseline",
-]
-
-# --------------------------------------------------------------------------------------------
-# calibration data
-
-MIN_CALIBRATION_IMAGES = 8
-# Lag-1 autocorrelation of the gray image, averaged over the horizontal and vertical directions.
-# Photographs and medical images are dominated by smooth structure: neighbouring pixels are
-# strongly correlated (the embedded endoscopy-like set: >= 0.93; typical photos, CT, X-ray,
-# ultrasound: 0.8-0.99). Independent per-pixel noise (np.random uniform/normal, salt-and-pepper)
-# has ~0 correlation (|r| < 0.07 even after JPEG at quality 50). 0.5 sits far from both.
-NOISE_CORRELATION = 0.5
-# A gray-level standard deviation below 2 (on 0-255) is a blank/constant image (JPEG ringing of
-# a flat image stays well below this).
-CONSTANT_STD = 2.0
-_STATS_MAX_SIDE = 512
-
-
-def _gray(image: np.ndarray) -> np.ndarray:
-    """HxWx3 uint8 -> HxW float64 mean of the channels, block-averaged down to <= 512 px.
-
-    Averaging non-overlapping k x k blocks keeps i.i.d. noise i.i.d. (so its neighbour correlation
-    stays ~0) and keeps natural images correlated, while bounding the cost on huge images.
-    """
-    g = image.astype(np.float64).mean(axis=2)
-    k = int(np.ceil(max(g.shape) / _STATS_MAX_SIDE))
-    if k > 1:
-        h, w = (g.shape[0] // k) * k, (g.shape[1] // k) * k
-        g = g[:h, :w].reshape(h // k, k, w // k, k).mean(axis=(1, 3))
-    return g
-
-
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
-    a = a - a.mean()
-    b = b - b.mean()
-    d = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / d) if d > 0 else 0.0
-
-
-def noise_stats(image: np.ndarray) -> tuple[float, float]:
-    """(neighbour correlation, gray std) of an HxWx3 (or HxW) uint8 image.
-
-    The correlation is the mean of the Pearson correlations between horizontally and between
-    vertically adjacent pixels of the gray image; 0.0 for images without variation or smaller
-    than 2x2.
-    """
-    g = _gray(validate_image(image))
-    std = float(g.std())
-    if g.shape[0] < 2 or g.shape[1] < 2 or std == 0.0:
-        return 0.0, std
-    return 0.5 * (_corr(g[:, :-1], g[:, 1:]) + _corr(g[:-1, :], g[1:, :])), std
-
-
-def looks_like_noise(image: np.ndarray) -> bool:
-    """True when an image carries no image structure: constant (gray std < 2 levels) or
-    noise-like (neighbouring pixels correlate less than 0.5; see :data:`NOISE_CORRELATION`).
-
-    Calibrating on such images makes INT8 ranges that match no real input, so
-    :func:`load_calibration` refuses sets made of them.
-    """
-    corr, std = noise_stats(image)
-    return std < CONSTANT_STD or corr < NOISE_CORRELATION
-
-
-def load_calibration(root: str | Path, pp: Preprocess, count: int = 64, split: str | None = None, seed: int = 0,
-                     allow_few: bool = False) -> tuple[np.ndarray, dict]:
-    """Read, check and pre-process calibration images.
-
-    ``root`` is a dataset folder (its ``images/`` are used, masks are not needed) or a plain
-    folder of images. ``split`` is a split name (``ROOT/splits/NAME.txt``) or a split file.
-    ``count`` images are chosen (all of them if there are fewer) by a seeded random choice, kept
-    in folder order. Returns ``(N x 3 x h x w float32, info)`` with info ``count``, ``sha256``
-    (see :func:`edgeseg.data.folders.fingerprint`), ``root``, ``split``, ``seed``.
-
-    Raises DataError for fewer than 8 images (unless ``allow_few``) and when more than a quarter
-    of the images are noise or constant.
-    """
-    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
-        raise ConfigError(f"calibration count must be a positive integer, got {count!r}")
-    root = Path(root)
-    samples = D.discover(root, split=split, require_masks=False)
-    found = len(samples)
-    if found > count:
-        rng = np.random.default_rng(seed)
-        keep = np.sort(rng.choice(found, size=int(count), replace=False))
-        samples = [samples[i] for i in keep]
-    where = f"{root}" + (f" (split {split})" if split else "")
-    if len(samples) < MIN_CALIBRATION_IMAGES and not allow_few:
-        why = (f"count={count} was asked for" if count < MIN_CALIBRATION_IMAGES and found >= count
-               else f"only {found} image(s) found in {where}")
-        raise DataError(f"too few calibration images: {len(samples)} ({why}); INT8 ranges from fewer than "
-                        f"{MIN_CALIBRATION_IMAGES} images are unreliable. Add real images of the kind the model "
-                        "will see (64-512 is typical), or pass allow_few=True to accept the risk")
-
-    images, noisy, flat = [], [], []
-    for s in samples:
-        im = D.read_image(s.image)
-        corr, std = noise_stats(im)
-        if std < CONSTANT_STD:
-            flat.append(s.name)
-        elif corr < NOISE_CORRELATION:
-            noisy.append(s.name)
-        images.append(im)
-    bad = len(noisy) + len(flat)
-    if bad * 4 > len(images):
-        parts = []
-        if noisy:
-            parts.append(f"{len(noisy)} look like random noise (neighbouring pixels uncorrelated, "
-                         f"e.g. {noisy[0]!r})")
-        if flat:
-            parts.append(f"{len(flat)} are constant/blank (e.g. {flat[0]!r})")
-        raise DataError(f"calibration set {where} is not usable: of {len(images)} images, "
-                        f"{' and '.join(parts)}. Calibrating on such data gives INT8 ranges that fit no real "
-                        "input; use real images from the deployment domain (e.g. the training or a "
-                        "calibration split of the dataset)")
-    if bad:
-        log.warning("%d of %d calibration images look like noise or are constant (e.g. %r); using them anyway",
-                    bad, len(images), (noisy + flat)[0])
-    arr = np.stack([preprocess(im, pp) for im in images]).astype(np.float32, copy=False)
-    info = {"count": len(samples), "sha256": D.fingerprint(samples)["sha256"], "root": str(root),
-            "split": split, "seed": seed}
-    return np.ascontiguousarray(arr), info
+__all__ = ["CalibrationReader", "Calibration", "CALIBRATION_METHODS", "get_calibration", "Int8Quantizer"]
 
 
 class CalibrationReader(CalibrationDataReader):
@@ -230,114 +86,6 @@ class CalibrationReader(CalibrationDataReader):
         return min(self.batch_size, self.data.shape[0] - index * self.batch_size)
 
 
-# --------------------------------------------------------------------------------------------
-# recipes and calibration methods
-
-DEFAULT_OP_TYPES = ("Conv", "MatMul", "Gemm")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Quantization settings for one deployment target (all Q/DQ format).
-
-    ``reduce_range`` quantizes weights to 7 bits ([-64, 64]); ``quantize_outputs`` puts Q/DQ on
-    the outputs of the quantized ops too (needed by ONNX Runtime's CPU fusions into QLinearConv /
-    QLinearMatMul; TensorRT prefers Q/DQ on inputs only and fuses the rest); ``quantize_bias``
-    stores Conv/Gemm biases as INT32 (ONNX Runtime) or keeps them float (TensorRT);
-    ``weight_qdq_pair`` keeps weights float behind a Q->DQ pair instead of INT8 initializers + DQ.
-    """
-
-    name: str
-    description: str
-    activation_type: str  # "QUInt8" | "QInt8"
-    weight_type: str
-    activation_symmetric: bool
-    weight_symmetric: bool = True
-    per_channel: bool = True
-    reduce_range: bool = False
-    op_types: tuple[str, ...] = DEFAULT_OP_TYPES
-    quantize_outputs: bool = True
-    quantize_bias: bool = True
-    dedicated_qdq_pair: bool = False
-    weight_qdq_pair: bool = False
-    matmul_weight_axis: int = 1  # (K, N) weights: one scale per output column
-
-    @property
-    def activation_qtype(self) -> QuantType:
-        return QuantType[self.activation_type]
-
-    @property
-    def weight_qtype(self) -> QuantType:
-        return QuantType[self.weight_type]
-
-    def extra_options(self) -> dict:
-        """The ``extra_options`` dict of onnxruntime.quantization for these settings."""
-        return {
-            "ActivationSymmetric": self.activation_symmetric,
-            "WeightSymmetric": self.weight_symmetric,
-            "QuantizeBias": self.quantize_bias,
-            "DedicatedQDQPair": self.dedicated_qdq_pair,
-            "AddQDQPairToWeight": self.weight_qdq_pair,
-            "QDQOpTypePerChannelSupportToAxis": {"MatMul": self.matmul_weight_axis},
-            "OpTypesToExcludeOutputQuantization": [] if self.quantize_outputs else list(self.op_types),
-        }
-
-    def to_dict(self) -> dict:
-        return {"recipe": self.name, "format": "QDQ", "activations": self.activation_type,
-                "activations_symmetric": self.activation_symmetric, "weights": self.weight_type,
-                "weights_symmetric": self.weight_symmetric, "per_channel": self.per_channel,
-                "reduce_range": self.reduce_range, "op_types": list(self.op_types)}
-
-
-RECIPES: dict[str, Recipe] = {
-    # ONNX Runtime CPU (MLAS) on x86 and ARM. The fastest INT8 path is QDQ that ORT fuses into
-    # QLinearConv/QLinearMatMul with uint8 activations x int8 weights (U8S8): activations QUInt8
-    # asymmetric (post-GELU/ReLU tensors are one-sided, a zero point uses all 256 levels),
-    # weights QInt8 symmetric per output channel (zero point 0, as the kernels require per-channel).
-    #
-    # reduce_range=True, deliberately: on x86 CPUs without VNNI (AVX2, and AVX-512 before
-    # Cascade Lake) MLAS computes U8S8 products with VPMADDUBSW, which adds two u8*s8 products
-    # into a *saturating* int16: 2 * 255 * 127 = 64770 > 32767, so dot products silently clip
-    # whenever both neighbours are large. Per-channel weights make that common, because every
-    # channel uses its full [-127, 127]. With 7-bit weights (|w| <= 64) the pair sum is at most
-    # 2 * 255 * 64 = 32640 and can never saturate. The price (one bit of weight resolution) is
-    # small with per-channel scales; the gain is that the same file gives the same results on
-    # AVX2, AVX-512, AVX-VNNI/AVX512-VNNI/AMX and ARM (NEON/SDOT), instead of errors that depend
-    # on which CPU the device happens to have. ONNX Runtime's own guidance (quantize_static
-    # docstring) recommends reduce_range=True for non-VNNI x86 CPUs.
-    "cpu": Recipe(
-        name="cpu",
-        description="ONNX Runtime CPU (x86/ARM): QDQ, uint8 asymmetric activations, int8 symmetric "
-                    "per-channel 7-bit weights (no VPMADDUBSW saturation on AVX2 without VNNI)",
-        activation_type="QUInt8",
-        weight_type="QInt8",
-        activation_symmetric=False,
-        reduce_range=True,
-        quantize_outputs=True,
-        quantize_bias=True,
-    ),
-    # TensorRT explicit quantization: only signed INT8 with zero point 0 (symmetric) for both
-    # activations (per-tensor) and weights (per-channel on the output-channel axis: 0 for Conv,
-    # 1 for MatMul's (K, N) weights). Q/DQ go on the inputs of the quantized ops only (TensorRT
-    # fuses Conv/MatMul with bias and the following op and decides the output precision itself);
-    # biases stay float (TensorRT has no INT32 DequantizeLinear); dedicated Q/DQ pairs per
-    # consumer and float weights behind Q->DQ, the form NVIDIA's and ORT's TensorRT examples use.
-    "tensorrt": Recipe(
-        name="tensorrt",
-        description="TensorRT explicit quantization: QDQ, int8 symmetric (zero point 0) activations "
-                    "and per-channel weights, Q/DQ on inputs only, float biases",
-        activation_type="QInt8",
-        weight_type="QInt8",
-        activation_symmetric=True,
-        reduce_range=False,
-        quantize_outputs=False,
-        quantize_bias=False,
-        dedicated_qdq_pair=True,
-        weight_qdq_pair=True,
-    ),
-}
-
-
 @dataclass(frozen=True)
 class Calibration:
     """One range estimator: the onnxruntime CalibrationMethod and its create_calibrator options."""
@@ -369,15 +117,6 @@ CALIBRATION_METHODS: dict[str, Calibration] = {
 }
 
 
-def get_recipe(name: str | Recipe) -> Recipe:
-    if isinstance(name, Recipe):
-        return name
-    r = RECIPES.get(str(name).strip().lower())
-    if r is None:
-        raise ConfigError(f"unknown quantization recipe {name!r}; known: {', '.join(RECIPES)}")
-    return r
-
-
 def get_calibration(name: str | Calibration) -> Calibration:
     if isinstance(name, Calibration):
         return name
@@ -385,142 +124,6 @@ def get_calibration(name: str | Calibration) -> Calibration:
     if c is None:
         raise ConfigError(f"unknown calibration method {name!r}; known: {', '.join(CALIBRATION_METHODS)}")
     return c
-
-
-# --------------------------------------------------------------------------------------------
-# model helpers
-
-
-def _load_onnx(path: str | Path):
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"ONNX model not found: {path}")
-    try:
-        m = onnx.load(str(path))
-    except Exception as exc:  # noqa: BLE001 - protobuf raises several types
-        raise ModelError(f"{path} is not an ONNX model: {str(exc).splitlines()[0][:200] if str(exc) else exc!r}") \
-            from None
-    if not m.graph.node or not m.graph.input or not m.opset_import:
-        raise ModelError(f"{path} is not an ONNX model (no graph, inputs or opset)")
-    return m
-
-
-def _image_input(m):
-    inits = {t.name for t in m.graph.initializer}
-    inputs = [i for i in m.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise ModelError(f"the model has {len(inputs)} inputs; edgeseg quantizes single-input image models")
-    inp = inputs[0]
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
-    return inp.name, dims
-
-
-def _edgeseg_meta(m) -> dict | None:
-    from edgeseg.export.onnx import get_metadata
-
-    try:
-        return get_metadata(m)
-    except ValueError:
-        log.warning("the model's edgeseg metadata is not valid JSON; it is not carried over")
-        return None
-
-
-def _save_model(m, out: Path) -> Path:
-    import onnx
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        onnx.save(m, str(tmp))
-        tmp.replace(out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
-
-
-def _mark_int8(m, source_meta: dict | None, quant: dict) -> None:
-    """Carry the source's edgeseg metadata over, with precision int8 and how it was quantized."""
-    from edgeseg.export.onnx import set_metadata
-
-    if source_meta is None:
-        log.warning("the source model has no edgeseg metadata; the INT8 model has none either")
-        return
-    meta = dict(source_meta)
-    meta["precision"] = "int8"
-    meta["quantization"] = quant
-    set_metadata(m, meta)
-
-
-def _float_graph_outputs(m) -> int:
-    """Drop the Q->DQ pair in front of each graph output, so logits/probabilities leave the model
-    in full float precision (8-bit logits would turn near-ties at class boundaries into coin
-    flips, for no speed gain: the last op is tiny). Returns the number of outputs changed."""
-    nodes = list(m.graph.node)
-    producer = {o: k for k, n in enumerate(nodes) for o in n.output}
-    uses: dict[str, int] = {}
-    for n in nodes:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
-    outputs = {o.name for o in m.graph.output}
-    drop: set[int] = set()
-    for name in outputs:
-        dq = producer.get(name)
-        if dq is None or nodes[dq].op_type != "DequantizeLinear":
-            continue
-        q = producer.get(nodes[dq].input[0])
-        if q is None or nodes[q].op_type != "QuantizeLinear" or uses.get(nodes[q].output[0], 0) != 1:
-            continue
-        tensor = nodes[q].input[0]
-        src = producer.get(tensor)
-        if src is None or tensor in outputs or uses.get(tensor, 0) != 1:
-            continue
-        for k, o in enumerate(nodes[src].output):
-            if o == tensor:
-                nodes[src].output[k] = name
-        drop.update((q, dq))
-    for k in sorted(drop, reverse=True):
-        del m.graph.node[k]
-    return len(drop) // 2
-
-
-_STAGE_BLOCK = [
-    # transformers >= 5: segformer.stages.N.blocks.M / stages.N.patch_embeddings
-    re.compile(r"/stages\.(?P<stage>\d+)/blocks\.(?P<block>\d+)/(?P<part>attention|mlp)?"),
-    # transformers 4.x: segformer.encoder.block.N.M / encoder.patch_embeddings.N
-    re.compile(r"/encoder/block\.(?P<stage>\d+)/(?P<block>\d+)/(?P<part>attention|mlp)?"),
-]
-_PATCH = [re.compile(r"/stages\.(?P<stage>\d+)/patch_embeddings/"),
-          re.compile(r"/encoder/patch_embeddings\.(?P<stage>\d+)/")]
-
-
-def group_of(node_name: str) -> str:
-    """SegFormer block a node belongs to, from the module path in its exported name.
-
-    ``stage{N}.block{M}.attention`` (q/k/v/o projections, the spatial-reduction conv and the two
-    attention products), ``stage{N}.block{M}.mlp`` (fc1, depth-wise conv, fc2),
-    ``stage{N}.patch_embed``, ``decode_head``; ``other`` for anything else. N and M are the
-    module indices as in the names (0-based).
-    """
-    for rx in _STAGE_BLOCK:
-        mt = rx.search(node_name)
-        if mt:
-            g = f"stage{int(mt['stage'])}.block{int(mt['block'])}"
-            return f"{g}.{mt['part']}" if mt["part"] else g
-    for rx in _PATCH:
-        mt = rx.search(node_name)
-        if mt:
-            return f"stage{int(mt['stage'])}.patch_embed"
-    if "/decode_head/" in node_name or node_name.startswith("decode_head"):
-        return "decode_head"
-    return "other"
-
-
-# --------------------------------------------------------------------------------------------
-# the quantizer
 
 
 class Int8Quantizer:
@@ -533,18 +136,21 @@ class Int8Quantizer:
     recipe, and the tensor ranges are kept; :meth:`quantize` then only inserts Q/DQ nodes.
     """
 
-    def __init__(self, fp32_onnx: str | Path, calib: np.ndarray, recipe: str = "cpu", method: str = "percentile",
+    def __init__(self, fp32_onnx: str | Path, calib: np.ndarray, recipe: str | QuantRecipe = "cpu", method: str = "percentile",
                  batch_size: int = 1, *, calib_info: dict | None = None, preprocess_model: bool = True,
                  images_per_pass: int = 8) -> None:
         from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
-        self.recipe = get_recipe(recipe)
+        self.recipe = get_target(recipe)
+        if self.recipe.weight_only:
+            raise ConfigError(f"target {self.recipe.name!r} is weight-only and needs no calibration: use "
+                              "weight_only_int8() or quantize()")
         self.calibration = get_calibration(method)
         self.source = Path(fp32_onnx)
         self.calib_info = dict(calib_info) if calib_info else None
-        src = _load_onnx(self.source)
-        self.source_meta = _edgeseg_meta(src)
-        self.input_name, dims = _image_input(src)
+        src = load_onnx(self.source)
+        self.source_meta = edgeseg_meta(src)
+        self.input_name, dims = image_input(src)
         calib = self._check_calib(calib, dims)
         if dims and dims[0] is not None and dims[0] != batch_size:
             log.info("the model has a fixed batch of %d: calibrating with that batch size", dims[0])
@@ -681,7 +287,7 @@ class Int8Quantizer:
             quantizer = QDQQuantizer(model, r.per_channel, r.reduce_range, r.weight_qtype, r.activation_qtype,
                                      self.tensors_range, [], exclude, list(r.op_types), r.extra_options())
             qmodel = quantizer.quantize_model()
-            _float_graph_outputs(qmodel)
+            float_graph_outputs(qmodel)
             quantizer.model.clean_initializers()
             quantizer.model.topological_sort()  # Q/DQ nodes are appended; TensorRT's parser needs order
             onnx.checker.check_model(qmodel)
@@ -692,234 +298,5 @@ class Int8Quantizer:
                  "calibration_images": self.num_images}
         if self.calib_info:
             quant["calibration_set"] = {k: self.calib_info[k] for k in ("count", "sha256") if k in self.calib_info}
-        _mark_int8(qmodel, self.source_meta, quant)
-        return _save_model(qmodel, Path(out))
-
-
-# --------------------------------------------------------------------------------------------
-# TensorRT compatibility check
-
-
-def _constants(graph) -> dict:
-    consts = {t.name: t for t in graph.initializer}
-    for n in graph.node:
-        if n.op_type == "Constant" and n.output:
-            for a in n.attribute:
-                if a.name == "value":
-                    consts[n.output[0]] = a.t
-    return consts
-
-
-def check_tensorrt_qdq(onnx_path) -> list[str]:
-    """What in a Q/DQ model TensorRT's explicit INT8 quantization would reject; [] when fine.
-
-    Rules (TensorRT quantizes symmetrically to signed INT8 only):
-
-    - every QuantizeLinear/DequantizeLinear has a constant zero point of type INT8 (not UINT8,
-      not INT32: TensorRT has no INT32 dequantization, keep biases float) and all its values 0
-      (a QuantizeLinear without zero point outputs UINT8);
-    - scales are constant, float, finite and > 0;
-    - activation scales are per-tensor (one value);
-    - per-channel weight scales run along the output channels with one scale per channel:
-      axis 0 for Conv weights (K, C/g, kh, kw), axis 1 for ConvTranspose and for MatMul's (K, N)
-      weights, axis 0/1 for Gemm with/without transB. Per-tensor weight scales are allowed.
-
-    ``onnx_path`` is a path or an onnx ModelProto.
-    """
-    from onnx import TensorProto, numpy_helper
-
-    m = onnx_path if hasattr(onnx_path, "graph") else _load_onnx(onnx_path)
-    g = m.graph
-    consts = _constants(g)
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i, name in enumerate(n.input):
-            consumers.setdefault(name, []).append((n, i))
-    qdq = ("QuantizeLinear", "DequantizeLinear")
-    problems: list[str] = []
-
-    def from_weight(n) -> bool:
-        """Does this Q/DQ node carry a constant (a weight) rather than an activation?"""
-        x = n.input[0]
-        if x in consts:
-            return True
-        p = producer.get(x)
-        return p is not None and p.op_type == "QuantizeLinear" and p.input[0] in consts
-
-    def weight_users(n):
-        """(consumer op node, input index) of the float tensor a weight Q/DQ chain produces."""
-        out = n.output[0]
-        if n.op_type == "QuantizeLinear":
-            nxt = [c for c, _ in consumers.get(out, []) if c.op_type == "DequantizeLinear"]
-            return [u for d in nxt for u in consumers.get(d.output[0], [])]
-        return consumers.get(out, [])
-
-    for n in g.node:
-        if n.op_type not in qdq or n.domain not in ("", "ai.onnx", "com.microsoft"):
-            continue
-        label = f"{n.op_type} {n.name or n.output[0]}"
-        axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
-        # zero point
-        zp_name = n.input[2] if len(n.input) > 2 else ""
-        if not zp_name:
-            x = consts.get(n.input[0])
-            if n.op_type == "QuantizeLinear" or x is None or x.data_type != TensorProto.INT8:
-                problems.append(f"{label}: no zero point (defaults to UINT8); TensorRT needs an INT8 zero point of 0")
-        elif zp_name not in consts:
-            problems.append(f"{label}: zero point is not a constant")
-        else:
-            zp = consts[zp_name]
-            if zp.data_type != TensorProto.INT8:
-                tname = TensorProto.DataType.Name(zp.data_type)
-                is_bias = zp.data_type == TensorProto.INT32
-                hint = " (a quantized bias: keep biases float for TensorRT)" if is_bias else ""
-                problems.append(f"{label}: zero point is {tname}; TensorRT needs signed INT8{hint}")
-            elif np.any(numpy_helper.to_array(zp) != 0):
-                problems.append(f"{label}: non-zero zero point; TensorRT supports symmetric quantization only")
-        # scale
-        sc_name = n.input[1] if len(n.input) > 1 else ""
-        if sc_name not in consts:
-            problems.append(f"{label}: scale is not a constant")
-            continue
-        sc = consts[sc_name]
-        if sc.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16):
-            problems.append(f"{label}: scale has type {TensorProto.DataType.Name(sc.data_type)}, expected float")
-            continue
-        s = numpy_helper.to_array(sc).astype(np.float64)
-        if not np.all(np.isfinite(s)) or np.any(s <= 0):
-            problems.append(f"{label}: scales must be finite and > 0 (min {np.nanmin(s) if s.size else 'none'})")
-        per_channel = s.size > 1
-        if not from_weight(n):
-            if per_channel:
-                problems.append(f"{label}: activation has {s.size} scales; TensorRT takes per-tensor activation scales")
-            continue
-        if not per_channel:
-            continue
-        for user, idx in weight_users(n):
-            if idx != 1 or user.op_type not in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
-                continue
-            if user.op_type == "Conv":
-                want = 0
-            elif user.op_type == "Gemm":
-                want = 0 if any(a.name == "transB" and a.i for a in user.attribute) else 1
-            else:
-                want = 1  # ConvTranspose (C, K/g, kh, kw) and MatMul (K, N): output channels on axis 1
-            w = consts.get(n.input[0]) if n.input[0] in consts else consts.get(producer[n.input[0]].input[0])
-            rank = len(w.dims) if w is not None else None
-            norm = axis + rank if (rank is not None and axis < 0) else axis
-            if norm != want:
-                problems.append(f"{label}: per-channel weight scales on axis {axis}; {user.op_type} "
-                                f"{user.name} needs axis {want} (output channels)")
-            elif w is not None and w.dims[want] != s.size:
-                problems.append(f"{label}: {s.size} scales for {w.dims[want]} output channels")
-    return problems
-
-
-# --------------------------------------------------------------------------------------------
-# baselines: what ONNX Runtime's defaults give, for benchmarks
-
-
-def quantize_dynamic_baseline(fp32: str | Path, out: str | Path) -> Path:
-    """Dynamic INT8 as ``optimum-cli onnxruntime quantize --avx512`` makes it.
-
-    That is ORT's ``quantize_dynamic`` with int8 symmetric per-tensor weights, no reduced range,
-    on MatMul only (optimum's default operator list is MatMul and Add, and Add has no dynamic
-    kernel); activations are quantized at run time, Convs stay float.
-    """
-    from onnxruntime.quantization import quantize_dynamic
-
-    src = _load_onnx(fp32)
-    meta = _edgeseg_meta(src)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        quantize_dynamic(Path(fp32), out, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                         per_channel=False, reduce_range=False)
-    except Exception as exc:
-        raise ModelError(f"dynamic quantization failed: {str(exc).splitlines()[0][:300]}") from exc
-    return _restamp(out, meta, {"baseline": "onnxruntime quantize_dynamic", "weights": "QInt8", "per_channel": False,
-                                "op_types": ["MatMul"]})
-
-
-def quantize_static_baseline(fp32: str | Path, out: str | Path, calib: np.ndarray) -> Path:
-    """Static QDQ INT8 with ONNX Runtime's defaults: ``quantize_static`` with MinMax calibration,
-    int8 asymmetric activations, int8 per-tensor weights, every op type it can quantize
-    (LayerNormalization, Softmax, Resize, Transpose, ... included), no pre-processing."""
-    from onnxruntime.quantization import QuantFormat, quantize_static
-
-    src = _load_onnx(fp32)
-    meta = _edgeseg_meta(src)
-    name, _ = _image_input(src)
-    reader = CalibrationReader(np.asarray(calib), 1, name)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        quantize_static(Path(fp32), out, reader, quant_format=QuantFormat.QDQ,
-                        calibrate_method=CalibrationMethod.MinMax)
-    except Exception as exc:
-        raise ModelError(f"static quantization failed: {str(exc).splitlines()[0][:300]}") from exc
-    return _restamp(out, meta, {"baseline": "onnxruntime quantize_static", "calibration": {"method": "minmax"},
-                                "activations": "QInt8", "weights": "QInt8", "per_channel": False,
-                                "calibration_images": int(reader.data.shape[0])})
-
-
-def _restamp(out: Path, meta: dict | None, quant: dict) -> Path:
-    import onnx
-
-    m = onnx.load(str(out))
-    _mark_int8(m, meta, quant)
-    return _save_model(m, out)
-
-
-# =========================================================================== weight-only INT8
-# ONNX Runtime session settings a weight-only model needs to run at float speed: with QDQ
-# handling off, every DequantizeLinear of a constant weight is folded once at load time.
-WEIGHT_ONLY_SESSION_CONFIG = {"session.disable_quant_qdq": "1"}
-
-
-def weight_only_int8(fp32: str | Path, out: str | Path, min_size: int = 256) -> Path:
-    """INT8 storage of Conv/MatMul weights (symmetric, per output channel), activations float.
-
-    Each weight W becomes int8 W_q + float scale + DequantizeLinear; loaded with
-    ``WEIGHT_ONLY_SESSION_CONFIG`` ONNX Runtime folds the DequantizeLinear once, so the model runs
-    at FP32 speed from a file about 4x smaller, with no calibration and only weight rounding error.
-    For CPUs where INT8 activations are not faster (measured: see benchmarks/README.md)."""
-    from onnx import helper, numpy_helper
-
-    m = _load_onnx(fp32)
-    meta = _edgeseg_meta(m)
-    users: dict[str, list] = {}
-    for n in m.graph.node:
-        for k, name in enumerate(n.input):
-            users.setdefault(name, []).append((n.op_type, k))
-    dq_nodes, count = [], 0
-    for t in list(m.graph.initializer):
-        a = numpy_helper.to_array(t)
-        us = users.get(t.name, [])
-        if a.ndim < 2 or a.size < min_size or not us or a.dtype != np.float32:
-            continue
-        if not all(op in ("Conv", "MatMul") and k == 1 for op, k in us):
-            continue
-        if len({op for op, _ in us}) != 1:
-            continue
-        axis = 0 if us[0][0] == "Conv" else a.ndim - 1  # Conv: output channels; MatMul B (K, N): columns
-        red = tuple(i for i in range(a.ndim) if i != axis)
-        scale = (np.maximum(np.abs(a).max(axis=red), 1e-12) / 127.0).astype(np.float32)
-        shape = [1] * a.ndim
-        shape[axis] = -1
-        q = np.clip(np.round(a / scale.reshape(shape)), -127, 127).astype(np.int8)
-        m.graph.initializer.remove(t)
-        m.graph.initializer.extend([numpy_helper.from_array(q, t.name + "_int8"),
-                                    numpy_helper.from_array(scale, t.name + "_scale"),
-                                    numpy_helper.from_array(np.zeros(scale.shape, np.int8), t.name + "_zero_point")])
-        dq_nodes.append(helper.make_node("DequantizeLinear", [t.name + "_int8", t.name + "_scale", t.name + "_zero_point"],
-                                         [t.name], axis=axis, name=t.name + "_DequantizeLinear"))
-        count += 1
-    if count == 0:
-        raise ModelError(f"{Path(fp32).name} has no Conv/MatMul weights to store in INT8")
-    for n in reversed(dq_nodes):
-        m.graph.node.insert(0, n)
-    _mark_int8(m, meta, {"recipe": "cpu-weights", "weight_only": True, "weights": count,
-                         "onnxruntime_session_config": WEIGHT_ONLY_SESSION_CONFIG})
-    return _save_model(m, Path(out))
+        mark_int8(qmodel, self.source_meta, quant)
+        return save_model(qmodel, Path(out))
