@@ -14,11 +14,13 @@ SHARED = ROOT.parent / "shared" / "data"
 
 
 def p50(seg, images, threads, warmup=10, runs=100) -> dict:
-    from edgeseg.measure.bench import time_model
+    from edgeseg.measure.timing import time_model
 
-    t = time_model(seg, images, warmup=warmup, runs=runs, keep_times=False)["batch"]["1"]
-    return {"model": {k: t["model"][k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "spread_ms")},
-            "e2e": {k: t["e2e"][k] for k in ("p50_ms", "p90_ms", "p99_ms", "spread_ms")},
+    timing = time_model(seg, images, warmup=warmup, runs=runs, keep_times=False, threads=threads)
+    m, e = timing.first.model, timing.first.e2e
+    return {"model": {k: getattr(m, k) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "spread_ms")},
+            "e2e": {k: getattr(e, k) for k in ("p50_ms", "p90_ms", "p99_ms", "spread_ms")},
+            "noisy": timing.noisy, "noisy_reason": timing.noisy_reason,
             "threads": threads, "warmup": warmup, "runs": runs}
 
 
@@ -34,7 +36,7 @@ def per_image_dice(seg, samples, num_classes=2) -> dict[str, float]:
 
 
 def save(name: str, obj: dict) -> Path:
-    from edgeseg.measure.bench import machine_info
+    from edgeseg.measure.machine import machine_info
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     obj = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(), **obj}

@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="result name under benchmarks/results (default runtime_load)")
     a = ap.parse_args()
 
-    from edgeseg.measure.bench import current_rss_mb
+    from edgeseg.measure.sampling import current_rss_mb
     from edgeseg.runtime import Segmenter
     from edgeseg.runtime.bundle import read_bundle
 

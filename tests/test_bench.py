@@ -67,18 +67,31 @@ def test_json_holds_every_figure(result, tiny_ckpt, tiny_bundle):
         assert "cuda_peak_mb" in mem and row["rss_loop_max_mb"] == mem["rss_loop_max_mb"]
         acc = row["accuracy"]
         assert 0 <= row["dice"] <= 1 and 0 <= row["iou"] <= 1 and acc["n_images"] == 4
-        assert len(acc["per_image"]) == 4 and "dice_drop" in acc["per_image"][0]
-        drop = acc["drop"]
-        assert {"mean", "median", "p95", "max", "worst_image", "share_over_threshold", "threshold"} <= set(drop)
-        assert drop["worst_image"] in {p["name"] for p in acc["per_image"]}
+        assert len(acc["per_image"]) == 4
         les = acc["lesions"]
         assert set(les) == {"<1%", "1-5%", ">5%", "all"}
         assert les["all"]["lesions"] == sum(les[b]["lesions"] for b in ("<1%", "1-5%", ">5%")) > 0
-        assert "lost_vs_reference" in les["all"] and "lesion_sens_all" in row
-    # The reference compared with itself loses nothing; the exported bundle matches torch.
-    assert ref["accuracy"]["drop"]["mean"] == 0 and ref["accuracy"]["agreement_dice"] == 1
+        assert "lesion_sens_all" in row
+        noise = row["noise"]
+        assert {"noisy", "reasons", "load_before", "load_after", "others_cores", "cores", "threads"} <= set(noise)
+        assert row["noisy"] == noise["noisy"] == bool(noise["reasons"])
+        assert (row["noisy_reason"] is None) == (not row["noisy"])
+    # The exported bundle matches torch; its drop figures are measured against the reference.
+    drop = onnx["accuracy"]["drop"]
+    assert {"mean", "median", "p95", "max", "worst_image", "share_over_threshold", "threshold"} <= set(drop)
+    assert drop["worst_image"] in {p["name"] for p in onnx["accuracy"]["per_image"]}
+    assert "dice_drop" in onnx["accuracy"]["per_image"][0]
+    assert "lost_vs_reference" in onnx["accuracy"]["lesions"]["all"]
     assert abs(onnx["dice_drop_mean"]) < 0.02 and onnx["agreement_dice"] > 0.95
-    assert "torch-cpu" in result["stdout"] and "p50 ms" in result["stdout"]
+    # The reference compared with itself has no drop figures (they would be zeros by construction).
+    assert ref["accuracy"]["is_reference"] and ref["accuracy"]["drop"] is None
+    assert ref["dice_drop_mean"] is None and ref["worst_image"] is None and ref["agreement_dice"] is None
+    out = result["stdout"]
+    assert "torch-cpu" in out and "p50 ms" in out and "p90 ms" in out and "spread ms" in out
+    ref_line = next(ln for ln in out.splitlines() if ln.startswith(ref["name"] + " *"))
+    assert "reference" in ref_line  # the reference's drop column says so instead of +0.0000
+    for row in (ref, onnx):
+        assert (f"warning: {row['name']} on {row['backend']}" in out) == row["noisy"]
 
 
 def test_report_files(result):
@@ -87,12 +100,20 @@ def test_report_files(result):
     assert len(rows) == 2 and {"name", "backend", "p50_ms", "dice", "dice_drop_mean", "size_mb"} <= set(rows[0])
     md = (rep / "bench.md").read_text()
     assert "| model | backend | size MB" in md and "Lesion-level sensitivity" in md and "## Machine" in md
+    assert "p90 ms" in md and "spread ms" in md and "## Noise while timing" in md
+    res = result["json"]
+    ref = next(r for r in res["rows"] if r["is_reference"])
+    acc_part = md.split("## Accuracy vs reference")[1]
+    acc_line = next(ln for ln in acc_part.splitlines() if ln.startswith(f"| {ref['name']} |"))
+    assert "reference" in acc_line and "+0.0000" not in acc_line
+    for row in res["rows"]:
+        assert (f"**warning: {row['name']} on {row['backend']}" in md) == row["noisy"]
     for png in ("latency.png", "pareto.png"):
         assert (rep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_baseline_doctored_fails_and_itself_passes(result, tiny_ckpt, tiny_bundle, embedded, tmp_path):
-    from edgeseg.measure.bench import compare_baseline
+    from edgeseg.measure.baseline import compare_baseline
 
     res = result["json"]
     assert compare_baseline(res, res) == []
@@ -114,7 +135,7 @@ def test_baseline_doctored_fails_and_itself_passes(result, tiny_ckpt, tiny_bundl
 
 
 def test_compare_baseline_rules():
-    from edgeseg.measure.bench import compare_baseline
+    from edgeseg.measure.baseline import compare_baseline
 
     def res(p50, spread, dice):
         st = {"p50_ms": p50, "spread_ms": spread}
@@ -135,7 +156,7 @@ def test_compare_baseline_rules():
 
 
 def test_lesion_detection_on_hand_made_mask():
-    from edgeseg.measure.bench import connected_components, lesion_hits, lesion_sensitivity
+    from edgeseg.measure.accuracy import connected_components, lesion_hits, lesion_sensitivity
 
     gt = np.zeros((100, 100), np.uint8)
     gt[10:15, 10:15] = 1  # 25 px = 0.25% of the image
@@ -168,7 +189,7 @@ def test_lesion_detection_on_hand_made_mask():
 
 def test_accuracy_with_reference_masks(tiny_bundle, embedded):
     from edgeseg.data import folders as D
-    from edgeseg.measure.bench import accuracy
+    from edgeseg.measure.accuracy import accuracy
     from edgeseg.runners import open_model
 
     samples = D.discover(embedded, "val")[:3]
@@ -182,15 +203,22 @@ def test_accuracy_with_reference_masks(tiny_bundle, embedded):
 
 def test_time_model_in_process(tiny_bundle, embedded):
     from edgeseg.data import folders as D
-    from edgeseg.measure.bench import time_model
+    from edgeseg.measure.timing import LatencyStats, Timing, time_model
     from edgeseg.runners import open_model
 
     seg = open_model(tiny_bundle, threads=1)
     images = [D.read_image(s.image) for s in D.discover(embedded, "val")[:2]]
-    t = time_model(seg, images, warmup=1, runs=3, batch_sizes=(1, 3), keep_times=False)
-    assert set(t["batch"]) == {"1", "3"} and t["runs"] == 3
-    assert "times_ms" not in t["batch"]["1"]["model"]
-    assert t["batch"]["3"]["model"]["n"] == 3 and t["memory"]["rss_peak_mb"] > 0
+    t = time_model(seg, images, warmup=1, runs=3, batch_sizes=(1, 3), keep_times=False, threads=1)
+    assert isinstance(t, Timing) and set(t.batches) == {1, 3} and t.runs == 3 and t.errors == {}
+    assert isinstance(t.first.model, LatencyStats) and t.first.batch == 1 and t.first.model.times_ms is None
+    assert t.batches[3].model.n == 3 and t.memory.rss_peak_mb > 0
+    assert t.first.model.min_ms <= t.first.model.p50_ms <= t.first.model.p90_ms <= t.first.model.max_ms
+    assert t.noise.threads == 1 and t.noise.wall_s > 0
+    # the JSON form keeps the bench schema's shape
+    d = t.to_dict()
+    assert set(d["batch"]) == {"1", "3"} and "times_ms" not in d["batch"]["1"]["model"]
+    assert d["batch"]["3"]["model"]["n"] == 3 and d["memory"]["rss_peak_mb"] == t.memory.rss_peak_mb
+    assert d["noisy"] == t.noisy and json.loads(json.dumps(d)) == d
 
 
 def test_bad_inputs(tiny_bundle, embedded, tmp_path):
@@ -236,7 +264,7 @@ def test_pareto_front():
 
 
 def test_machine_info_parsers_and_never_raises(monkeypatch):
-    from edgeseg.measure import bench
+    from edgeseg.measure import machine as bench
 
     assert bench.parse_tegra_release("# R36 (release), REVISION: 3.0, GCID: 36106755, BOARD: generic") == "36.3.0"
     assert bench.jetpack_for("36.3.0") == "6.0" and bench.jetpack_for("35.4.1") == "5.1.2"
@@ -254,7 +282,8 @@ def test_machine_info_parsers_and_never_raises(monkeypatch):
 
 def test_jetson_energy_per_image_from_power_rails(tiny_bundle, embedded, tmp_path, monkeypatch):
     """A fake INA3221 sysfs tree (what JetPack exposes): VDD_IN at 5 V x 2 A = 10 W."""
-    import edgeseg.measure.bench as B
+    import edgeseg.measure.sampling as S
+    import edgeseg.measure.timing as B
     from edgeseg.data import folders as D
     from edgeseg.runtime import Segmenter
 
@@ -266,13 +295,93 @@ def test_jetson_energy_per_image_from_power_rails(tiny_bundle, embedded, tmp_pat
     (hw / "in2_label").write_text("VDD_CPU_GPU_CV\n")
     (hw / "in2_input").write_text("5000\n")
     (hw / "curr2_input").write_text("500\n")
-    monkeypatch.setattr(B, "INA3221_ROOT", str(tmp_path))
-    assert [r[0] for r in B.power_rails(str(tmp_path))] == ["VDD_IN", "VDD_CPU_GPU_CV"]
+    monkeypatch.setattr(S, "INA3221_ROOT", str(tmp_path))
+    assert [r[0] for r in S.power_rails(str(tmp_path))] == ["VDD_IN", "VDD_CPU_GPU_CV"]
     images = [D.read_image(s.image) for s in D.discover(embedded, "val")[:2]]
-    res = B.time_model(Segmenter(tiny_bundle), images, warmup=1, runs=20)["batch"]["1"]
-    e = res["energy"]
+    res = B.time_model(Segmenter(tiny_bundle), images, warmup=1, runs=20).first
+    e = res.energy
     assert e["rail"] == "VDD_IN" and e["mean_power_w"] == 10.0
-    seconds = sum(res["model"]["times_ms"]) / 1000
+    seconds = sum(res.model.times_ms) / 1000
     assert abs(e["energy_per_image_mj"] / (10.0 * seconds / 20 * 1000) - 1) < 1e-2  # times_ms are rounded
-    monkeypatch.setattr(B, "INA3221_ROOT", str(tmp_path / "none"))
-    assert B.time_model(Segmenter(tiny_bundle), images, warmup=1, runs=3)["batch"]["1"]["energy"] is None
+    monkeypatch.setattr(S, "INA3221_ROOT", str(tmp_path / "none"))
+    assert B.time_model(Segmenter(tiny_bundle), images, warmup=1, runs=3).first.energy is None
+
+
+def test_noise_rules():
+    from edgeseg.measure.timing import NOISY_SPREAD_FRACTION, BatchTiming, assess_noise, latency_stats
+
+    def batch(times_ms):
+        st = latency_stats([int(t * 1e6) for t in times_ms])
+        return BatchTiming(batch=1, model=st, e2e=st, stages={}, throughput_ips=1.0, e2e_throughput_ips=1.0)
+
+    steady, jumpy = batch([10.0] * 20), batch([10.0, 14.0] * 10)
+    assert jumpy.model.spread_ms > NOISY_SPREAD_FRACTION * jumpy.model.p50_ms
+    assert assess_noise([steady], cores=4, threads=2, wall_s=1.0, others_cores=0.2, load_before=9.0) == []
+    (r,) = assess_noise([jumpy], cores=4, threads=2, wall_s=1.0, others_cores=0.2, load_before=0.0)
+    assert "spread" in r and "of p50" in r
+    # other processes on the cores the timed threads need: measured CPU time wins over the load average
+    (r,) = assess_noise([steady], cores=2, threads=2, wall_s=1.0, others_cores=0.9, load_before=0.0)
+    assert "other processes kept 0.9 of 2 cores" in r
+    assert assess_noise([steady], cores=4, threads=2, wall_s=1.0, others_cores=2.4, load_before=9.0) == []
+    # no CPU accounting (or a loop too short for it): the 1-minute load average decides
+    (r,) = assess_noise([steady], cores=2, threads=2, wall_s=1.0, others_cores=None, load_before=3.5)
+    assert "load average 3.5" in r
+    (r,) = assess_noise([steady], cores=2, threads=2, wall_s=0.01, others_cores=0.0, load_before=3.5)
+    assert "load average" in r
+    assert assess_noise([steady], cores=8, threads=2, wall_s=1.0, others_cores=None, load_before=3.5) == []
+
+
+def test_time_model_marks_a_busy_machine(tiny_bundle, embedded, monkeypatch):
+    """Injected probes: a fake load average, and fake CPU accounting showing other processes."""
+    import edgeseg.measure.timing as T
+    from edgeseg.data import folders as D
+    from edgeseg.runners import open_model
+
+    seg = open_model(tiny_bundle, threads=1)
+    images = [D.read_image(s.image) for s in D.discover(embedded, "val")[:2]]
+    monkeypatch.setattr(T, "cpu_busy_s", lambda: None)  # like a machine without /proc/stat
+    monkeypatch.setattr(T, "load_average", lambda: 64.0)
+    t = T.time_model(seg, images, warmup=1, runs=3, threads=1)
+    assert t.noisy and "load average 64.0" in t.noisy_reason
+    d = t.to_dict()
+    assert d["noisy"] is True and d["noise"]["load_before"] == d["noise"]["load_after"] == 64.0
+    assert any("load average" in r for r in d["noise"]["reasons"])
+    # quiet: no other process busy, load 0 -> only the spread rule may still speak
+    monkeypatch.setattr(T, "load_average", lambda: 0.0)
+    t = T.time_model(seg, images, warmup=1, runs=3, threads=1)
+    assert all("spread" in r for r in t.noise.reasons)
+    # other processes busy: the busy counter grows 100 CPU-seconds between the two reads
+    ticks = iter([0.0, 100.0])
+    monkeypatch.setattr(T, "cpu_busy_s", lambda: next(ticks))
+    monkeypatch.setattr(T, "MIN_ACCOUNTED_S", 0.0)
+    t = T.time_model(seg, images, warmup=1, runs=3, threads=1)
+    assert t.noisy and "other processes kept" in t.noisy_reason and t.noise.others_cores > 1
+
+
+def test_report_marks_noise_and_reference_rows():
+    from edgeseg.measure import report
+
+    def row(name, ref, noisy):
+        return {"name": name, "backend": "onnxruntime-cpu", "is_reference": ref, "p50_ms": 5.0, "p90_ms": 6.0,
+                "spread_ms": 0.5, "dice": 0.8, "dice_drop_mean": None if ref else 0.01, "noisy": noisy,
+                "noisy_reason": "1-minute load average 9.0 on 2 cores before timing 2 thread(s)" if noisy else None,
+                "accuracy": {"dice": 0.8, "iou": 0.7, "drop": None if ref else {"mean": 0.01, "max": 0.1,
+                                                                               "worst_image": "a.png"}}}
+
+    res = {"rows": [row("teacher", True, False), row("int8", False, True)], "reference": None}
+    table = report.format_table(res)
+    lines = table.splitlines()
+    assert "reference" in lines[2] and "+0.0000" not in lines[2] and "!" not in lines[2]
+    assert "+0.0100" in lines[3] and "5.00 !" in lines[3]
+    (warn,) = [ln for ln in lines if ln.startswith("warning:")]
+    assert "int8 on onnxruntime-cpu" in warn and "load average 9.0" in warn
+    md = report.format_markdown(res)
+    assert md.count("**warning:") == 1 and "| teacher | onnxruntime-cpu | 0.8000 | 0.7000 | reference |" in md
+    assert "a.png (+0.1000)" in md
+
+
+def test_sizes_are_megabytes_of_10_6_bytes(tmp_path):
+    from edgeseg.measure.bench import model_size_mb
+
+    (tmp_path / "m.onnx").write_bytes(b"\0" * 2_500_000)
+    assert model_size_mb(tmp_path / "m.onnx") == 2.5

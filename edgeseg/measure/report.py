@@ -1,7 +1,10 @@
 """Present ``edgeseg.measure.bench`` results: terminal table, CSV, Markdown and PNG plots.
 
 Everything here reads the plain dict that ``bench`` returns (or its JSON file), so a report
-can be rebuilt later from a saved result. matplotlib is optional (``pip install
+can be rebuilt later from a saved result. Tables carry p50, p90 and the robust spread; a row
+timed on a busy machine gets a ``!`` and a warning line saying why; a figure that does not
+apply shows "—" and the reference's own drop columns say "reference". Sizes and memory are
+MB = 10^6 bytes. matplotlib is optional (``pip install
 edgeseg[plot]``) and imported only by the plotting functions; they use the object-oriented
 API with the Agg canvas, so no global pyplot state or display is touched.
 """
@@ -23,18 +26,26 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("Dice", "dice", ".4f"),
     ("Dice drop", "dice_drop_mean", "+.4f"),
     ("p50 ms", "p50_ms", ".2f"),
-    ("p99 ms", "p99_ms", ".2f"),
+    ("p90 ms", "p90_ms", ".2f"),
+    ("spread ms", "spread_ms", ".2f"),
     ("img/s", "throughput_ips", ".1f"),
     ("RSS MB", "rss_loop_max_mb", ".0f"),
 )
 
 
+NA = "—"
+REFERENCE = "reference"
+
+
 def _fmt(value, spec: str) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
+        return NA
     if spec == "s":
         return str(value)
     return format(value, spec)
+
+
+_COL = {key: i for i, (_, key, _) in enumerate(COLUMNS)}
 
 
 def _cells(result: dict) -> list[list[str]]:
@@ -43,12 +54,22 @@ def _cells(result: dict) -> list[list[str]]:
         cells = [_fmt(r.get(key), spec) for _, key, spec in COLUMNS]
         if r.get("is_reference"):
             cells[0] += " *"
+            cells[_COL["dice_drop_mean"]] = REFERENCE
+        if r.get("noisy"):
+            cells[_COL["p50_ms"]] += " !"
         if r.get("throughput_batch") not in (None, 1):
-            cells[8] += f" @{r['throughput_batch']}"
+            cells[_COL["throughput_ips"]] += f" @{r['throughput_batch']}"
         if r.get("cuda_peak_mb") is not None:
-            cells[9] += f" (cuda {r['cuda_peak_mb']:.0f})"
+            cells[_COL["rss_loop_max_mb"]] += f" (cuda {r['cuda_peak_mb']:.0f})"
         out.append(cells)
     return out
+
+
+def noise_warnings(result: dict) -> list[str]:
+    """One line per row whose timing was taken on a busy machine."""
+    return [f"warning: {r.get('name')} on {r.get('backend')} was timed on a busy machine "
+            f"({r.get('noisy_reason')}); its latency is not a clean figure"
+            for r in result.get("rows", []) if r.get("noisy")]
 
 
 def format_table(result: dict) -> str:
@@ -63,6 +84,7 @@ def format_table(result: dict) -> str:
 
     lines = [line(headers), line(["-" * w for w in widths])] + [line(c) for c in cells]
     lines.append(_note(result))
+    lines += noise_warnings(result)
     return "\n".join(lines)
 
 
@@ -78,6 +100,7 @@ def _note(result: dict) -> str:
              f"{(result.get('data') or {}).get('n_images')} images",
              f"{cpu}, {(m.get('cores') or {}).get('affinity')} cores"]
     parts.append(f"* reference: {ref['model']}" if ref else "no reference (no Dice drop)")
+    parts.append("sizes in MB = 10^6 bytes; spread = 1.4826 x MAD; ! = noisy timing")
     return "; ".join(parts)
 
 
@@ -147,9 +170,14 @@ def format_markdown(result: dict) -> str:
                  else "- reference: none")
     lines += ["", "## Summary", ""]
     lines += _md_table([h for h, _, _ in COLUMNS], _cells(result))
+    warnings = noise_warnings(result)
+    if warnings:
+        lines += [""] + [f"> **{w}**" for w in warnings]
+    lines += ["", "Sizes and memory in MB (10^6 bytes); spread = 1.4826 x median absolute deviation; "
+              "`!` marks a timing taken on a busy machine."]
     lines += ["", "## Latency (ms per batch call)", ""]
     hdr = ["model", "backend", "batch", "part", "p50", "p90", "p99", "mean", "std", "min", "spread", "img/s"]
-    body = []
+    body, noise_rows = [], []
     for r in result.get("rows", []):
         for b, lat in (r.get("latency") or {}).items():
             if "error" in lat:
@@ -160,7 +188,19 @@ def format_markdown(result: dict) -> str:
                 body.append([r["name"], r["backend"], b, part] +
                             [_fmt(st.get(k), ".2f") for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms",
                                                                 "min_ms", "spread_ms")] + [_fmt(lat.get(tp), ".1f")])
+        n = r.get("noise") or {}
+        if n:
+            noise_rows.append([r["name"], r["backend"], "yes" if n.get("noisy") else "no",
+                               _fmt(n.get("others_cores"), ".2f"),
+                               f"{_fmt(n.get('load_before'), '.2f')} / {_fmt(n.get('load_after'), '.2f')}",
+                               f"{n.get('threads')} of {n.get('cores')}", "; ".join(n.get("reasons") or []) or NA])
     lines += _md_table(hdr, body)
+    if noise_rows:
+        lines += ["", "## Noise while timing", "",
+                  "Cores kept busy by other processes during the timed loops (measured from /proc/stat minus this "
+                  "process's CPU time), the 1-minute load average before / after, and the threads timed.", ""]
+        lines += _md_table(["model", "backend", "noisy", "other cores busy", "load before / after", "threads",
+                            "reason"], noise_rows)
     lines += ["", "## Accuracy vs reference", ""]
     hdr = ["model", "backend", "Dice", "IoU", "drop mean", "drop median", "drop p95", "worst image (drop)",
            "share drop > thr", "agreement Dice"]
@@ -168,10 +208,12 @@ def format_markdown(result: dict) -> str:
     for r in result.get("rows", []):
         a = r.get("accuracy") or {}
         dr = a.get("drop") or {}
-        worst = f"{dr['worst_image']} ({dr['max']:+.4f})" if dr else "-"
-        body.append([r["name"], r["backend"], _fmt(a.get("dice"), ".4f"), _fmt(a.get("iou"), ".4f"),
-                     _fmt(dr.get("mean"), "+.4f"), _fmt(dr.get("median"), "+.4f"), _fmt(dr.get("p95"), "+.4f"),
-                     worst, _fmt(dr.get("share_over_threshold"), ".1%"), _fmt(a.get("agreement_dice"), ".4f")])
+        worst = f"{dr['worst_image']} ({dr['max']:+.4f})" if dr else NA
+        drops = [_fmt(dr.get("mean"), "+.4f"), _fmt(dr.get("median"), "+.4f"), _fmt(dr.get("p95"), "+.4f"), worst,
+                 _fmt(dr.get("share_over_threshold"), ".1%"), _fmt(a.get("agreement_dice"), ".4f")]
+        if r.get("is_reference"):
+            drops = [REFERENCE] * len(drops)
+        body.append([r["name"], r["backend"], _fmt(a.get("dice"), ".4f"), _fmt(a.get("iou"), ".4f"), *drops])
     lines += _md_table(hdr, body)
     lines += ["", "## Lesion-level sensitivity by lesion area (share of the image)", ""]
     buckets = [b[0] for b in (s.get("size_buckets") or [])] + ["all"]
