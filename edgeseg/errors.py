@@ -7,7 +7,7 @@ The device runtime has its own copy of the base classes in ``edgeseg.runtime.err
 (it must not import the toolkit half); these subclass those so one ``except`` catches both.
 """
 
-from edgeseg.runtime.errors import BundleError, EdgesegError, InputError
+from edgeseg.runtime.errors import BundleError, EdgesegError, InputError, MissingDependency
 
 __all__ = [
     "EdgesegError",
@@ -32,5 +32,6 @@ class ConfigError(EdgesegError):
     """Options that are unknown, out of range or conflicting."""
 
 
-class DependencyError(EdgesegError):
-    """An optional dependency that the requested feature needs is not installed."""
+class DependencyError(MissingDependency):
+    """An optional dependency that the requested feature needs is not installed (the runtime
+    raises its base class, ``MissingDependency``; ``except MissingDependency`` catches both)."""

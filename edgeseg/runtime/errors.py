@@ -11,3 +11,8 @@ class InputError(EdgesegError, ValueError):
 
 class BundleError(EdgesegError):
     """A bundle that is missing, tampered with, or of an unknown schema version."""
+
+
+class MissingDependency(EdgesegError):
+    """An optional library the requested feature needs (tensorrt, cuda-python, ...) is missing;
+    the message names what to install. The toolkit's ``DependencyError`` is a subclass."""

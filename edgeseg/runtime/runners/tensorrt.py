@@ -23,60 +23,38 @@ Thread safety: one execution context, guarded by a lock; concurrent ``infer`` ca
 from __future__ import annotations
 
 import hashlib
-import json
+import re
 import threading
 from pathlib import Path
 
 import numpy as np
 
-from edgeseg.runtime.errors import BundleError, EdgesegError, InputError
+from edgeseg.runtime.errors import BundleError, EdgesegError, InputError, MissingDependency
+from edgeseg.runtime.files import read_json
+from edgeseg.runtime.runners.cuda import open_cuda
 
 INSTALL_HINT = ("pip install edgeseg[tensorrt] (x86-64 / SBSA); on Jetson use the TensorRT that "
                 "JetPack ships (apt install python3-libnvinfer; a virtualenv needs --system-site-packages)")
-CUDA_HINT = ("pip install cuda-python (pick the major version of your CUDA, e.g. 'cuda-python>=12,<13' "
-             "on JetPack 6) or pip install pycuda")
 
 _LOGGER = None  # one TensorRT logger per process, created on first use
 
 
-def _dependency_error(msg: str) -> EdgesegError:
-    # DependencyError lives in the toolkit's edgeseg.errors, a torch-free module that only
-    # subclasses edgeseg.runtime.errors; import it lazily so the runtime keeps its own imports.
-    try:
-        from edgeseg.errors import DependencyError
-    except ImportError:  # pragma: no cover - trimmed device install without the toolkit half
-        return EdgesegError(msg)
-    return DependencyError(msg)
-
-
 def import_tensorrt():
-    """``import tensorrt`` or raise DependencyError saying how to install it."""
+    """``import tensorrt`` or raise MissingDependency saying how to install it."""
     try:
         import tensorrt
     except (ImportError, OSError) as exc:  # OSError: the wheel is there but libnvinfer is not
         detail = "" if isinstance(exc, ModuleNotFoundError) else f" ({str(exc).splitlines()[0][:200]})"
-        raise _dependency_error(f"TensorRT is not installed or cannot be loaded{detail}: {INSTALL_HINT}") from None
+        raise MissingDependency(f"TensorRT is not installed or cannot be loaded{detail}: {INSTALL_HINT}") from None
     return tensorrt
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
-    """'10.3.0.30' -> (10, 3, 0); '11.0' -> (11, 0, 0). Raises ValueError on anything else."""
-    parts = str(text).strip().split(".")
-    nums: list[int] = []
-    for p in parts[:3]:
-        digits = ""
-        for ch in p:
-            if not ch.isdigit():
-                break
-            digits += ch
-        if not digits:
-            break
-        nums.append(int(digits))
-    if not nums:
+    """'10.3.0.30' -> (10, 3, 0); '11.0' -> (11, 0, 0); '10.0.1b' -> (10, 0, 1). ValueError otherwise."""
+    m = re.match(r"\s*(\d+)(?:\.(\d+))?(?:\.(\d+))?", str(text))
+    if m is None:
         raise ValueError(f"not a version string: {text!r}")
-    while len(nums) < 3:
-        nums.append(0)
-    return nums[0], nums[1], nums[2]
+    return tuple(int(g or 0) for g in m.groups())  # type: ignore[return-value]
 
 
 def tensorrt_version() -> tuple[int, int, int] | None:
@@ -106,17 +84,12 @@ def sidecar_path(engine: str | Path) -> Path:
 
 
 def read_sidecar(engine: str | Path) -> dict:
-    """The engine's sidecar as a dict; {} when there is none. BundleError when it is corrupt."""
+    """The engine's sidecar as a dict; {} when there is none. BundleError when it is corrupt.
+    The one sidecar reader: the Segmenter and the runner both use it (torch- and tensorrt-free)."""
     side = sidecar_path(engine)
     if not side.is_file():
         return {}
-    try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{side} is not valid JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise BundleError(f"{side} is corrupt: expected a JSON object")
-    return meta
+    return read_json(side, BundleError)
 
 
 def check_engine_digest(data: bytes, meta: dict, path: Path) -> None:
@@ -150,197 +123,6 @@ def check_input_shape(shape: tuple[int, ...], engine_shape: tuple[int, ...],
         if got < lo[i] or (got > hi[i] and i != 0):
             raise InputError(f"input shape {shape} is outside the engine's optimisation profile "
                              f"min {tuple(lo)} .. max {tuple(hi)}; rebuild the engine for this size")
-
-
-# --------------------------------------------------------------------------------------------
-# device memory: cuda-python first, pycuda second, torch never
-
-
-def _import_cudart():
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6 layout
-    except ImportError:
-        from cuda import cudart  # older cuda-python
-    return cudart
-
-
-class _CudaPython:
-    """Device memory and a stream through cuda-python's runtime API (every call returns a tuple
-    whose first item is the cudaError_t)."""
-
-    name = "cuda-python"
-
-    def __init__(self, rt, device: int) -> None:
-        self.rt = rt
-        self.device = device
-        n = self._call(rt.cudaGetDeviceCount(), "cudaGetDeviceCount")
-        if not 0 <= device < n:
-            raise EdgesegError(f"CUDA device {device} does not exist: this machine has {n} CUDA device(s)")
-        self._call(rt.cudaSetDevice(device), "cudaSetDevice")
-        self._stream = self._call(rt.cudaStreamCreate(), "cudaStreamCreate")
-
-    def _call(self, result, what: str):
-        if not isinstance(result, tuple):
-            result = (result,)
-        err, rest = result[0], result[1:]
-        if err != self.rt.cudaError_t.cudaSuccess:
-            raise EdgesegError(f"CUDA call {what} failed: {err!r}")
-        if not rest:
-            return None
-        return rest[0] if len(rest) == 1 else rest
-
-    @property
-    def stream_handle(self) -> int:
-        return int(self._stream)
-
-    def activate(self) -> None:
-        # the current device is per host thread in the runtime API
-        self._call(self.rt.cudaSetDevice(self.device), "cudaSetDevice")
-
-    def deactivate(self) -> None:
-        pass
-
-    def malloc(self, nbytes: int) -> int:
-        return int(self._call(self.rt.cudaMalloc(int(nbytes)), "cudaMalloc"))
-
-    def free(self, ptr: int) -> None:
-        self._call(self.rt.cudaFree(ptr), "cudaFree")
-
-    def htod(self, ptr: int, arr: np.ndarray) -> None:
-        self._call(self.rt.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes,
-                                           self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream),
-                   "cudaMemcpyAsync(host to device)")
-
-    def dtoh(self, arr: np.ndarray, ptr: int) -> None:
-        self._call(self.rt.cudaMemcpyAsync(arr.ctypes.data, ptr, arr.nbytes,
-                                           self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, self._stream),
-                   "cudaMemcpyAsync(device to host)")
-
-    def sync(self) -> None:
-        self._call(self.rt.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
-
-    def close(self) -> None:
-        if self._stream is not None:
-            self.rt.cudaStreamDestroy(self._stream)
-            self._stream = None
-
-
-class _PyCuda:
-    """Device memory and a stream through pycuda, on the device's primary context (the one the
-    CUDA runtime, and so TensorRT, uses); the context is pushed around every use."""
-
-    name = "pycuda"
-
-    def __init__(self, drv, device: int) -> None:
-        self.drv = drv
-        self.device = device
-        drv.init()
-        n = drv.Device.count()
-        if not 0 <= device < n:
-            raise EdgesegError(f"CUDA device {device} does not exist: this machine has {n} CUDA device(s)")
-        self._ctx = drv.Device(device).retain_primary_context()
-        self._allocs: dict[int, object] = {}
-        self._ctx.push()
-        try:
-            self._stream = drv.Stream()
-        finally:
-            drv.Context.pop()
-
-    @property
-    def stream_handle(self) -> int:
-        return int(self._stream.handle)
-
-    def activate(self) -> None:
-        self._ctx.push()
-
-    def deactivate(self) -> None:
-        self.drv.Context.pop()
-
-    def malloc(self, nbytes: int) -> int:
-        a = self.drv.mem_alloc(int(nbytes))
-        self._allocs[int(a)] = a
-        return int(a)
-
-    def free(self, ptr: int) -> None:
-        a = self._allocs.pop(ptr, None)
-        if a is not None:
-            a.free()
-
-    def htod(self, ptr: int, arr: np.ndarray) -> None:
-        self.drv.memcpy_htod_async(ptr, arr, self._stream)
-
-    def dtoh(self, arr: np.ndarray, ptr: int) -> None:
-        self.drv.memcpy_dtoh_async(arr, ptr, self._stream)
-
-    def sync(self) -> None:
-        self._stream.synchronize()
-
-    def close(self) -> None:
-        if self._ctx is None:
-            return
-        self._ctx.push()
-        try:
-            for ptr in list(self._allocs):
-                self.free(ptr)
-            self._stream = None
-        finally:
-            self.drv.Context.pop()
-        self._ctx.detach()
-        self._ctx = None
-
-
-def open_cuda(device: int = 0):
-    """A device-memory backend for ``device``: cuda-python if importable, else pycuda."""
-    try:
-        rt = _import_cudart()
-    except ImportError:
-        rt = None
-    if rt is not None:
-        return _CudaPython(rt, device)
-    try:
-        import pycuda.driver as drv
-    except ImportError:
-        drv = None
-    if drv is not None:
-        return _PyCuda(drv, device)
-    raise _dependency_error("TensorRT inference needs a library for CUDA device memory and found neither "
-                            f"cuda-python nor pycuda: {CUDA_HINT}")
-
-
-def device_info(device: int = 0) -> dict:
-    """{'name': ..., 'compute_capability': 'X.Y'} of a CUDA device, as far as it can be learnt
-    without torch; values are None when unknown. On a Jetson without either CUDA library the
-    board model from the device tree is used as the name."""
-    info: dict = {"name": None, "compute_capability": None}
-    try:
-        rt = _import_cudart()
-        err, props = rt.cudaGetDeviceProperties(device)
-        if err == rt.cudaError_t.cudaSuccess:
-            name = props.name
-            if isinstance(name, bytes):
-                name = name.split(b"\0", 1)[0].decode("utf-8", "replace")
-            info["name"] = str(name).strip() or None
-            info["compute_capability"] = f"{props.major}.{props.minor}"
-            return info
-    except Exception:  # noqa: BLE001 - best effort only
-        pass
-    try:
-        import pycuda.driver as drv
-
-        drv.init()
-        d = drv.Device(device)
-        info["name"] = d.name()
-        info["compute_capability"] = "{}.{}".format(*d.compute_capability())
-        return info
-    except Exception:  # noqa: BLE001
-        pass
-    model = Path("/proc/device-tree/model")
-    try:
-        if model.is_file():
-            info["name"] = model.read_bytes().split(b"\0", 1)[0].decode("utf-8", "replace").strip() or None
-    except OSError:
-        pass
-    return info
 
 
 # --------------------------------------------------------------------------------------------
@@ -508,4 +290,4 @@ class TensorRTRunner:
 
 
 __all__ = ["TensorRTRunner", "tensorrt_version", "parse_version", "sidecar_path", "read_sidecar",
-           "import_tensorrt", "open_cuda", "device_info", "check_input_shape"]
+           "import_tensorrt", "check_input_shape", "check_engine_digest"]
