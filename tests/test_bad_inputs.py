@@ -146,7 +146,8 @@ def huge_png(path: Path, w: int = 20000, h: int = 20000) -> Path:
 def models(tmp_path_factory):
     """(checkpoint, bundle): an untrained tiny SegFormer at 64 px, and its exported bundle."""
     from edgeseg.export.pipeline import export_bundle
-    from edgeseg.model.checkpoint import CheckpointMeta, build_model, save_checkpoint
+    from edgeseg.model.checkpoint import CheckpointMeta, save_checkpoint
+    from edgeseg.model.variants import build_model
     from edgeseg.runtime.preprocess import Preprocess
 
     root = tmp_path_factory.mktemp("models")

@@ -154,7 +154,8 @@ def test_drift_module_is_numpy_only():
 # =========================================================================== in bundles
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    from edgeseg.model.checkpoint import CheckpointMeta, build_model, save_checkpoint
+    from edgeseg.model.checkpoint import CheckpointMeta, save_checkpoint
+    from edgeseg.model.variants import build_model
     from edgeseg.runtime.preprocess import Preprocess
 
     return save_checkpoint(build_model("tiny").eval(), CheckpointMeta(preprocess=Preprocess(64, 64)),

@@ -8,7 +8,7 @@ import torch
 from edgeseg.export.onnx import ExportConfig, export_onnx
 from edgeseg.export.validate import ParityError, Tolerance, check
 from edgeseg.fold import FoldedDecodeHead, decode_head_macs, fold_decode_head
-from edgeseg.model.checkpoint import build_model
+from edgeseg.model.variants import build_model
 from edgeseg.runtime.bundle import BundleError, read_bundle
 from edgeseg.runtime.segmenter import Segmenter
 

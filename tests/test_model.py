@@ -3,7 +3,8 @@ import json
 import pytest
 
 from edgeseg.errors import ConfigError, ModelError
-from edgeseg.model.checkpoint import build_config, build_model, checkpoint_sha256, load_checkpoint
+from edgeseg.model.checkpoint import checkpoint_sha256, load_checkpoint
+from edgeseg.model.variants import build_config, build_model
 
 
 def test_variants_and_unknown_variant():

@@ -102,7 +102,7 @@ class _Evil:
 
 @pytest.fixture
 def pickle_only_ckpt(tmp_path):
-    from edgeseg.model.checkpoint import build_config
+    from edgeseg.model.variants import build_config
 
     d = tmp_path / "pickled"
     d.mkdir()
@@ -144,7 +144,8 @@ def test_pickle_only_checkpoint_refused_by_the_cli(pickle_only_ckpt, tmp_path):
 
 def test_safetensors_wins_over_a_pickle_beside_it(pickle_only_ckpt, tmp_path):
     """A checkpoint with both files loads the safetensors and never touches the pickle."""
-    from edgeseg.model.checkpoint import CheckpointMeta, build_model, load_checkpoint, save_checkpoint
+    from edgeseg.model.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+    from edgeseg.model.variants import build_model
 
     d = save_checkpoint(build_model("tiny").eval(), CheckpointMeta(), tmp_path / "both")
     shutil.copy(pickle_only_ckpt / "pytorch_model.bin", d / "pytorch_model.bin")

@@ -22,7 +22,8 @@ import numpy as np
 from edgeseg.data import folders as D
 from edgeseg.errors import ConfigError
 from edgeseg.runtime.files import atomic_dir
-from edgeseg.model.checkpoint import CheckpointMeta, build_model, load_checkpoint, save_checkpoint
+from edgeseg.model.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from edgeseg.model.variants import build_model
 from edgeseg.runtime.metrics import MetricAccumulator
 from edgeseg.runtime.preprocess import Preprocess, postprocess, resize
 
