@@ -15,6 +15,7 @@ from typing import List, Optional
 
 import typer
 
+from edgeseg.quantize.targets import target_names
 from edgeseg.runtime.errors import EdgesegError
 
 app = typer.Typer(
@@ -260,6 +261,38 @@ def export(
 
 
 @command
+def quantize(
+    src: Path = typer.Argument(..., help="FP32 bundle folder (or .onnx file with edgeseg metadata) to quantize."),
+    out: Path = typer.Option(..., "-o", "--out", help="INT8 bundle folder to write (an .onnx file when SRC is one)."),
+    target: str = typer.Option(..., "--target", help=f"INT8 target, one of: {', '.join(target_names())}."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of real images (or a dataset folder with "
+                                         "images/) to calibrate on; required except for cpu-weights. No default."),
+    calib_split: Optional[str] = typer.Option(None, "--calib-split", help="Split of --calib to use "
+                                              "(CALIB/splits/NAME.txt, or a split file); default: all its images."),
+    calib_count: int = typer.Option(64, "--calib-count", help="How many calibration images (all if fewer)."),
+    method: Optional[str] = typer.Option(None, "--method", help="Range estimator: minmax, entropy or percentile; "
+                                         "default: percentile (none for cpu-weights)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT when it is an earlier edgeseg output."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr."),
+):
+    """INT8-quantize an FP32 bundle for one target; writes an INT8 bundle.
+
+    Example: edgeseg quantize runs/b0 -o runs/b0-int8 --target cpu --calib data/kvasir --calib-split calibration
+    """
+    _setup_logging(verbose)
+    from edgeseg.quantize import quantize as run_quantize
+
+    path = run_quantize(src, out, target, calib=calib, method=method, calib_split=calib_split,
+                        calib_count=calib_count, overwrite=overwrite)
+    result: dict = {"out": str(path)}
+    if path.is_dir():
+        from edgeseg.runtime.bundle import read_bundle
+
+        result["quantization"] = read_bundle(path).manifest.get("quantization")
+    typer.echo(json.dumps(result, indent=2))
+
+
+@command
 def bench(
     models: List[Path] = typer.Argument(..., help="Models: HF checkpoint dirs, bundle dirs, .onnx, .engine."),
     data: Path = typer.Option(..., "--data", help="Labelled folder (images/ + masks/)."),
@@ -327,7 +360,7 @@ def compress(
     depths: Optional[str] = typer.Option(None, help="Blocks kept per stage, e.g. 1,1,1,1 (depth pruning)."),
     distill_epochs: Optional[int] = typer.Option(None, help="Distillation epochs (0 = none)."),
     int8: Optional[bool] = typer.Option(None, "--int8/--no-int8", help="INT8 quantization."),
-    target: Optional[str] = typer.Option(None, help="INT8 recipe: cpu or tensorrt."),
+    target: Optional[str] = typer.Option(None, help=f"INT8 target: {', '.join(target_names())}."),
     calib_method: Optional[str] = typer.Option(None, help="minmax, entropy or percentile."),
     max_dice_drop: Optional[float] = typer.Option(None, help="Dice budget vs the teacher for the INT8 guard."),
     device: Optional[str] = typer.Option(None, help="Distillation device: cpu, cuda, auto."),

@@ -9,7 +9,7 @@ import onnxruntime as ort
 
 from edgeseg.data.calibration import load_calibration
 from edgeseg.export.onnx import export_onnx, get_metadata
-from edgeseg.model.checkpoint import build_model
+from edgeseg.model.variants import build_model
 from edgeseg.quantize import check_tensorrt_qdq
 from edgeseg.runtime.preprocess import Preprocess
 

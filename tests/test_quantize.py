@@ -13,7 +13,7 @@ from conftest import write_img
 from edgeseg.data import folders as D
 from edgeseg.errors import ConfigError, DataError, ModelError
 from edgeseg.export.onnx import export_onnx, get_metadata
-from edgeseg.model.checkpoint import build_model
+from edgeseg.model.variants import build_model
 from edgeseg.data.calibration import load_calibration, looks_like_noise
 from edgeseg.quantize import (CALIBRATION_METHODS, TARGETS, CalibrationReader, Int8Quantizer, check_tensorrt_qdq,
                               group_of)

@@ -23,6 +23,7 @@ from edgeseg.quantize.graph import edgeseg_meta, load_onnx
 from edgeseg.quantize.targets import QuantRecipe, get_target
 from edgeseg.runtime.bundle import is_bundle, read_bundle, write_bundle
 from edgeseg.runtime.files import sha256_file
+from edgeseg.runtime.manifest import WRITER_KEYS, Manifest
 from edgeseg.runtime.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -31,44 +32,37 @@ __all__ = ["DEFAULT_METHOD", "DEFAULT_CALIB_COUNT", "quantize", "int8_manifest"]
 
 DEFAULT_METHOD = "percentile"
 DEFAULT_CALIB_COUNT = 64
-_WRITER_KEYS = ("files", "manifest_sha256", "schema_version")
 _CALIB_KEYS = ("count", "sha256", "split", "seed")  # never the folder: no absolute paths in a bundle
 
 
-def int8_manifest(src_manifest: Any, target: str | QuantRecipe, *, method: str | None = None,
+def int8_manifest(src_manifest: Manifest | dict, target: str | QuantRecipe, *, method: str | None = None,
                   calib_info: dict | None = None, float_blocks: Iterable[str] = (),
-                  source_sha256: str | None = None) -> dict:
-    """The manifest of an INT8 bundle made from an FP32 bundle's manifest (a dict, or the
-    runtime's typed Manifest when it has ``derive``), as a dict for ``write_bundle``.
+                  source_sha256: str | None = None, **changes: Any) -> Manifest:
+    """The manifest of an INT8 bundle, derived from its FP32 bundle's manifest.
 
     It records precision ``int8``; ``quantization`` with the target, the calibration method
-    (None for weight-only), the blocks left in float, the recipe and the calibration set's
-    size and sha256; ``onnxruntime.session_config`` when the target needs session settings;
-    and drops the FP32 export's ``parity`` block, which does not describe this model.
+    (None for weight-only), the blocks left in float, the recipe and the calibration set's size
+    and sha256 (never its folder: no absolute paths in a bundle); ``onnxruntime.session_config``
+    when the target needs session settings (weight-only does); ``provenance.quantized_from``
+    (the FP32 model's sha256) when ``source_sha256`` is given; and it drops the FP32 export's
+    ``parity`` block, which does not describe this model. ``changes`` go to ``derive`` as well.
     """
+    if not isinstance(src_manifest, Manifest):
+        src_manifest = Manifest.from_dict({k: v for k, v in src_manifest.items() if k not in WRITER_KEYS},
+                                          "source manifest", written=False)
     recipe = get_target(target)
     calib = {k: calib_info[k] for k in _CALIB_KEYS if k in calib_info} if calib_info else None
     quant = {"target": recipe.name, "method": None if recipe.weight_only else method,
              "weight_only": recipe.weight_only, "float_blocks": list(float_blocks), "recipe": recipe.to_dict(),
              "calibration_set": calib}
-    old = src_manifest.to_dict(writer_keys=False) if hasattr(src_manifest, "derive") else dict(src_manifest)
-    ort = {k: v for k, v in (old.get("onnxruntime") or {}).items() if k != "session_config"}
+    ort = {k: v for k, v in (src_manifest.sections.get("onnxruntime") or {}).items() if k != "session_config"}
     if recipe.session_config:
         ort["session_config"] = dict(recipe.session_config)
-    changes: dict[str, Any] = {"precision": "int8", "quantization": quant, "onnxruntime": ort or None,
-                               "parity": None}
     if source_sha256:
-        changes["provenance"] = {**(old.get("provenance") or {}),
-                                 "quantized_from": {"model_sha256": source_sha256, "precision": old.get("precision")}}
-    if hasattr(src_manifest, "derive"):
-        return src_manifest.derive(**changes).to_dict(writer_keys=False)
-    m = {k: v for k, v in old.items() if k not in _WRITER_KEYS}
-    for k, v in changes.items():
-        if v is None:
-            m.pop(k, None)
-        else:
-            m[k] = v
-    return m
+        changes["provenance"] = {**(src_manifest.sections.get("provenance") or {}),
+                                 "quantized_from": {"model_sha256": source_sha256,
+                                                    "precision": src_manifest.precision}}
+    return src_manifest.derive(precision="int8", quantization=quant, onnxruntime=ort or None, parity=None, **changes)
 
 
 def _source(src: Path) -> tuple[Path, Preprocess, Any]:
@@ -174,8 +168,7 @@ def quantize(src: str | Path, out: str | Path, target: str, calib: str | Path | 
         if manifest is None:
             return out
         m = int8_manifest(manifest, recipe, method=method, calib_info=info, float_blocks=float_blocks,
-                          source_sha256=sha256_file(model_file))
-        m["model"] = "model.onnx"
+                          source_sha256=sha256_file(model_file), model="model.onnx")
         return write_bundle(out, {"model.onnx": onnx_out}, m, overwrite=True)
 
 
