@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Build a TensorRT engine from an edgeseg bundle with trtexec, on the device that will run it
 # (Jetson with JetPack 6.x / TensorRT 10.3, or a TensorRT 11.x install), and write the sidecar
-# ENGINE.json that edgeseg's Segmenter needs. Needs bash, python3 (stdlib only) and trtexec.
+# ENGINE.json that edgeseg's Segmenter needs. Needs bash, python3 (stdlib only), trtexec, and
+# edgeseg's rule table: build_engine.py (next to this file) loads edgeseg/export/tensorrt/rules.py
+# and sidecar.py by path from this checkout (or from $EDGESEG_TRT_RULES). The precision flags,
+# strong typing, DLA options, profile shapes and the sidecar all come from there, so this script,
+# build_engine.py and `python3 -m edgeseg.export.tensorrt` decide alike (tests/test_tensorrt_recipes.py).
 #
 # NOT RUN BY THE PROJECT: TensorRT is not installed where edgeseg is developed. Check the
 # engine against its bundle before trusting it (export/README.md, "Verify").
@@ -20,6 +24,7 @@
 #   INPUT_NAME=pixel_values  the ONNX input (edgeseg always exports pixel_values)
 #   TRTEXEC=trtexec      JetPack installs it as /usr/src/tensorrt/bin/trtexec
 #   TRT_VERSION=10.3.0   skip version detection
+#   EDGESEG_TRT_RULES=DIR  folder holding rules.py and sidecar.py (default ../edgeseg/export/tensorrt)
 set -euo pipefail
 
 die() { echo "error: $*" >&2; exit 2; }
