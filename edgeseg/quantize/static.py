@@ -33,7 +33,7 @@ from edgeseg.errors import ConfigError, DataError, ModelError
 from edgeseg.export.qdq_rules import tensorrt_qdq_problems as check_tensorrt_qdq  # noqa: F401 - old import path
 from edgeseg.quantize.graph import (edgeseg_meta, float_graph_outputs, group_of, image_input, load_onnx, mark_int8,
                                     save_model)
-from edgeseg.quantize.targets import QuantRecipe, get_target
+from edgeseg.quantize.targets import QuantRecipe, get_target, pick
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +118,8 @@ CALIBRATION_METHODS: dict[str, Calibration] = {
 
 
 def get_calibration(name: str | Calibration) -> Calibration:
-    if isinstance(name, Calibration):
-        return name
-    c = CALIBRATION_METHODS.get(str(name).strip().lower())
-    if c is None:
-        raise ConfigError(f"unknown calibration method {name!r}; known: {', '.join(CALIBRATION_METHODS)}")
-    return c
+    """The range estimator called ``name``; ConfigError listing the known ones otherwise."""
+    return name if isinstance(name, Calibration) else pick(CALIBRATION_METHODS, name, "calibration method")
 
 
 class Int8Quantizer:

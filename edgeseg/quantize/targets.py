@@ -18,7 +18,7 @@ from typing import Mapping
 
 from edgeseg.errors import ConfigError
 
-__all__ = ["QuantRecipe", "TARGETS", "target_names", "get_target", "DEFAULT_OP_TYPES"]
+__all__ = ["QuantRecipe", "TARGETS", "target_names", "get_target", "pick", "DEFAULT_OP_TYPES"]
 
 DEFAULT_OP_TYPES = ("Conv", "MatMul", "Gemm")
 
@@ -118,12 +118,8 @@ TARGETS: Mapping[str, QuantRecipe] = MappingProxyType({
         name="cpu",
         description="ONNX Runtime CPU (x86/ARM): QDQ, uint8 asymmetric activations, int8 symmetric "
                     "per-channel 7-bit weights (no VPMADDUBSW saturation on AVX2 without VNNI)",
-        activation_type="QUInt8",
-        weight_type="QInt8",
-        activation_symmetric=False,
+        activation_type="QUInt8",  # asymmetric; weights: the defaults (QInt8, symmetric, per-channel)
         reduce_range=True,
-        quantize_outputs=True,
-        quantize_bias=True,
     ),
     # TensorRT explicit quantization: only signed INT8 with zero point 0 (symmetric) for both
     # activations (per-tensor) and weights (per-channel on the output-channel axis: 0 for Conv,
@@ -136,9 +132,7 @@ TARGETS: Mapping[str, QuantRecipe] = MappingProxyType({
         description="TensorRT explicit quantization: QDQ, int8 symmetric (zero point 0) activations "
                     "and per-channel weights, Q/DQ on inputs only, float biases",
         activation_type="QInt8",
-        weight_type="QInt8",
         activation_symmetric=True,
-        reduce_range=False,
         quantize_outputs=False,
         quantize_bias=False,
         dedicated_qdq_pair=True,
@@ -155,7 +149,6 @@ TARGETS: Mapping[str, QuantRecipe] = MappingProxyType({
         description="ONNX Runtime CPU, weight-only: int8 symmetric per-channel weights, float "
                     "activations, no calibration; FP32 speed from a ~4x smaller file",
         activation_type=None,
-        weight_type="QInt8",
         weight_only=True,
         op_types=("Conv", "MatMul"),
         quantize_outputs=False,
@@ -170,12 +163,14 @@ def target_names() -> tuple[str, ...]:
     return tuple(TARGETS)
 
 
+def pick(table: Mapping, name, what: str):
+    """``table[name]`` (case and surrounding spaces ignored), or ConfigError naming the valid keys."""
+    entry = table.get(str(name).strip().lower())
+    if entry is None:
+        raise ConfigError(f"unknown {what} {name!r}; choose one of: {', '.join(table)}")
+    return entry
+
+
 def get_target(name: str | QuantRecipe) -> QuantRecipe:
-    """The table entry for ``name`` (case and surrounding spaces ignored); ConfigError listing
-    the valid names otherwise."""
-    if isinstance(name, QuantRecipe):
-        return name
-    r = TARGETS.get(str(name).strip().lower())
-    if r is None:
-        raise ConfigError(f"unknown INT8 target {name!r}; choose one of: {', '.join(TARGETS)}")
-    return r
+    """The table entry for ``name``; ConfigError listing the valid names otherwise."""
+    return name if isinstance(name, QuantRecipe) else pick(TARGETS, name, "INT8 target")
