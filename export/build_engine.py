@@ -128,9 +128,8 @@ def build(a, rules, sidecar) -> dict:
 
     logger = trt.Logger(trt.Logger.INFO if a.verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    # the network flags do not depend on the ONNX's precision: plan once with fp32 to learn them
     flags = 0
-    for name in rules.plan_build(version, "auto", "fp32").network_flags:
+    for name in rules.network_flags(version):
         member = getattr(trt.NetworkDefinitionCreationFlag, name, None)
         if member is not None:  # a flag an 11.x release dropped is on by default there
             flags |= 1 << int(member)

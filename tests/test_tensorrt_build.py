@@ -181,3 +181,18 @@ def test_dependency_errors_share_the_runtime_base():
     from edgeseg.errors import DependencyError
 
     assert issubclass(DependencyError, MissingDependency) and issubclass(MissingDependency, EdgesegError)
+
+
+def test_python_m_entry_point_runs_as_the_device_cli(bundle, tmp_path):
+    """``python3 -m edgeseg.export.tensorrt`` (the package's __main__), where tensorrt is missing:
+    one error line naming the extra, exit status 2, no traceback, no engine."""
+    import subprocess
+
+    code = ("import sys, runpy; sys.modules['tensorrt'] = None; "
+            "sys.argv = ['x', sys.argv[1], '-o', sys.argv[2]]; "
+            "runpy.run_module('edgeseg.export.tensorrt', run_name='__main__')")
+    p = subprocess.run([sys.executable, "-c", code, str(bundle), str(tmp_path / "m.engine")], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.startswith("error: TensorRT is not installed") and "edgeseg[tensorrt]" in p.stderr
+    assert not (tmp_path / "m.engine").exists()

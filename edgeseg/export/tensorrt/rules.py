@@ -179,6 +179,23 @@ class BuildPlan:
         return args
 
 
+def network_flags(trt_version: Sequence[int]) -> tuple[str, ...]:
+    """NetworkDefinitionCreationFlag members to create the network with: STRONGLY_TYPED from
+    TensorRT 11 on (where the enum still has it; strong typing is always on there), none before.
+    They do not depend on the ONNX, so a builder may create the network before it plans."""
+    return ("STRONGLY_TYPED",) if supported_version(trt_version)[0] >= 11 else ()
+
+
+def supported_version(trt_version: Sequence[int]) -> tuple[int, int, int]:
+    """(major, minor, patch), or DependencyError for a TensorRT older than :data:`MIN_TRT_MAJOR`."""
+    version = tuple(int(v) for v in (tuple(trt_version) + (0, 0, 0))[:3])
+    if version[0] < MIN_TRT_MAJOR:
+        raise DependencyError(f"TensorRT {'.'.join(map(str, version))} is too old: edgeseg builds with TensorRT "
+                              f"{MIN_TRT_MAJOR} or newer (pip install edgeseg[tensorrt], or JetPack 6.x which "
+                              "ships TensorRT 10.3)")
+    return version  # type: ignore[return-value]
+
+
 _HOW_STRONGLY_TYPED = {
     "fp16": "export an FP16 bundle (edgeseg export --fp16) or convert the ONNX with ModelOpt AutoCast",
     "int8": "make an INT8-QDQ bundle (explicit Q/DQ quantization)",
@@ -213,11 +230,8 @@ def plan_build(trt_version: Sequence[int], requested: str, model_precision: str,
     """Decide builder settings from the TensorRT version, the requested precision and what the
     ONNX holds. Raises ConfigError for requests TensorRT cannot honour, with what to do instead,
     and DependencyError for a TensorRT older than :data:`MIN_TRT_MAJOR`."""
-    version = tuple(int(v) for v in (tuple(trt_version) + (0, 0, 0))[:3])
+    version = supported_version(trt_version)
     vtext = ".".join(map(str, version))
-    if version[0] < MIN_TRT_MAJOR:
-        raise DependencyError(f"TensorRT {vtext} is too old: edgeseg builds with TensorRT {MIN_TRT_MAJOR} or newer "
-                              "(pip install edgeseg[tensorrt], or JetPack 6.x which ships TensorRT 10.3)")
     req = normalize_precision(requested)
     model = normalize_precision(model_precision, allow_auto=False)
     notes: list[str] = []
@@ -227,9 +241,9 @@ def plan_build(trt_version: Sequence[int], requested: str, model_precision: str,
             raise ConfigError(f"TensorRT {vtext} builds strongly typed networks: the precision comes from the "
                               f"ONNX, which is {model}, so precision={req} contradicts it; "
                               f"{_HOW_STRONGLY_TYPED[req]}, or use precision=auto")
-        precision, builder_flags, network_flags = model, [], ["STRONGLY_TYPED"]
+        precision, builder_flags = model, []
     else:
-        (precision, builder_flags), network_flags = _weakly_typed(req, model), []
+        precision, builder_flags = _weakly_typed(req, model)
     if dla_core is not None:
         if isinstance(dla_core, bool) or not isinstance(dla_core, int) or dla_core < 0:
             raise ConfigError(f"dla_core must be a non-negative integer, got {dla_core!r}")
@@ -249,5 +263,5 @@ def plan_build(trt_version: Sequence[int], requested: str, model_precision: str,
         else:
             notes.append("GPU fallback is off: every layer must run on DLA or the build fails")
     return BuildPlan(trt_version=version, precision=precision, model_precision=model,  # type: ignore[arg-type]
-                     strongly_typed=strongly_typed, network_flags=tuple(network_flags),
+                     strongly_typed=strongly_typed, network_flags=network_flags(version),
                      builder_flags=tuple(builder_flags), dla_core=dla_core, notes=tuple(notes))
