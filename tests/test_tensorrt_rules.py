@@ -262,8 +262,9 @@ def test_engine_names(name, ok):
             rules.check_engine_name(name)
 
 
-@pytest.mark.parametrize("has_qdq,declared,want", [(True, "fp32", "int8"), (True, None, "int8"), (False, "fp16", "fp16"),
-                                                   (False, "float16", "fp16"), (False, "fp32", "fp32"),
+@pytest.mark.parametrize("has_qdq,declared,want", [(True, "fp32", "int8"), (True, None, "int8"),
+                                                   (False, "fp16", "fp16"), (False, "float16", "fp16"),
+                                                   (False, "fp32", "fp32"),
                                                    (False, None, "fp32"), (False, "int8", "fp32")])
 def test_onnx_precision_without_onnx(has_qdq, declared, want):
     """The scripts' guess (no onnx package): Q/DQ nodes decide INT8, the manifest tells FP16."""

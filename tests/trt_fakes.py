@@ -48,7 +48,8 @@ def tiny_onnx(path: Path, kind: str = "fp32", batch: str | int = "N", zp_dtype=n
     x = "pixel_values"
     if kind == "fp16":
         nodes.append(helper.make_node("Cast", [x], ["x16"], to=TensorProto.FLOAT16))
-        inits += [numpy_helper.from_array(w.astype(np.float16), "W"), numpy_helper.from_array(b.astype(np.float16), "B")]
+        inits += [numpy_helper.from_array(w.astype(np.float16), "W"),
+                  numpy_helper.from_array(b.astype(np.float16), "B")]
         nodes.append(helper.make_node("Conv", ["x16", "W", "B"], ["y16"], kernel_shape=[4, 4], strides=[4, 4]))
         nodes.append(helper.make_node("Cast", ["y16"], ["logits"], to=TensorProto.FLOAT))
     else:
