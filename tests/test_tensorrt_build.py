@@ -15,7 +15,6 @@ import edgeseg.runtime.runners.tensorrt as rtt
 from edgeseg.errors import BundleError, ConfigError, EdgesegError
 from edgeseg.export import tensorrt as xtrt
 from edgeseg.export.tensorrt.__main__ import main as cli_main
-from edgeseg.runtime.bundle import read_bundle
 from edgeseg.runtime.errors import MissingDependency
 
 # missing dependencies and bad requests: refused before TensorRT is needed -------------------
@@ -79,7 +78,7 @@ def test_fake_build_trt10_fp32(fake, bundle, tmp_path):
     side = json.loads(rtt.sidecar_path(out).read_text())
     assert side["precision"] == "fp32" and side["tensorrt"]["version"] == "10.3.0"
     assert side["gpu"]["name"] == "FakeGPU" and side["profile"]["max"] == [4, 3, H, W]
-    assert side["preprocess"] == read_bundle(bundle).manifest["preprocess"]
+    assert side["preprocess"] == json.loads((bundle / "edgeseg.json").read_text())["preprocess"]
     assert out.read_bytes().startswith(b"FAKETRT:")  # engine bytes untouched: no header prepended
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".m.engine")) == []  # no temp files
 
@@ -172,7 +171,7 @@ def test_fake_build_sidecar_carries_the_drift_statistics(fake, tmp_path):
     stats = drift_stats()
     b = make_bundle(tmp_path, "fp16", input_stats=stats)
     side = json.loads(rtt.sidecar_path(xtrt.build_engine(b, tmp_path / "m.engine")).read_text())
-    assert side["input_stats"] == stats == read_bundle(b).manifest["input_stats"]
+    assert side["input_stats"] == stats == json.loads((b / "edgeseg.json").read_text())["input_stats"]
     assert side["built_with"].startswith("edgeseg ")
 
 

@@ -225,7 +225,9 @@ def test_sidecar_content(tmp_path):
     side = xtrt.sidecar_content(manifest_dict(b), b.path, plan, prof, "pixel_values", "ab" * 32, gpu={"name": "Orin"},
                                 built_at=0.0, engine_name="m.engine")
     json.dumps(side)  # plain JSON
-    assert side["preprocess"] == b.manifest["preprocess"] and Preprocess.from_dict(side["preprocess"]).height == H
+    written = json.loads((b.path / "edgeseg.json").read_text())  # what the sidecar copies from
+    assert manifest_dict(b) == written
+    assert side["preprocess"] == written["preprocess"] and Preprocess.from_dict(side["preprocess"]).height == H
     assert side["classes"] == CLASSES and side["outputs"] == [{"name": "logits", "kind": "logits"}]
     assert side["colors"] == [[0, 0, 0], [255, 0, 0]]
     assert side["precision"] == "int8" and side["engine_sha256"] == "ab" * 32 and side["engine"] == "m.engine"
@@ -235,8 +237,8 @@ def test_sidecar_content(tmp_path):
     assert side["profile"] == {"input": "pixel_values", "min": [1, 3, H, W], "opt": [2, 3, H, W], "max": [4, 3, H, W]}
     src = side["source"]
     assert Path(src["bundle"]) == b.path.resolve() and src["model"] == "model.onnx"
-    assert src["model_sha256"] == b.manifest["files"]["model.onnx"] and src["onnx_precision"] == "int8"
-    assert src["manifest_sha256"] == b.manifest["manifest_sha256"]
+    assert src["model_sha256"] == written["files"]["model.onnx"] and src["onnx_precision"] == "int8"
+    assert src["manifest_sha256"] == written["manifest_sha256"]
     assert side["built_at"] == "1970-01-01T00:00:00Z"
 
 

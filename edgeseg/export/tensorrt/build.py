@@ -106,7 +106,8 @@ def _use_timing_cache(config, timing_cache: Path) -> None:
 
 def build_engine(bundle_dir: str | Path, out: Path, precision: str = "auto",
                  batch: tuple[int, int, int] = DEFAULT_BATCH, timing_cache: Path | None = None,
-                 workspace_mb: int = DEFAULT_WORKSPACE_MB, dla_core: int | None = None, gpu_fallback: bool = True) -> Path:
+                 workspace_mb: int = DEFAULT_WORKSPACE_MB, dla_core: int | None = None,
+                 gpu_fallback: bool = True) -> Path:
     """Build ``out`` (a ``.engine``/``.plan`` file) from the bundle's ONNX on this machine's GPU.
 
     Writes the engine atomically, then its sidecar ``out.json``. ``batch`` is (min, opt, max) of
