@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from edgeseg.train.loop import TrainConfig, lr_factor, seg_loss, train
 
@@ -28,16 +29,60 @@ def test_training_improves_and_records(tiny_ckpt):
     assert meta["provenance"]["train_set"]["count"] == 40
 
 
-def test_resume_continues_from_last_epoch(tmp_path, embedded):
+def _cfg(tmp_path, embedded, **kw):
+    base = dict(data=str(embedded), out=str(tmp_path / "m"), variant="tiny", size=64, batch_size=16,
+                warmup_steps=1, progress=False, epochs=2)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_stopped_run_resumes_from_its_state_inside_the_output(tmp_path, embedded, caplog):
     out = tmp_path / "m"
-    cfg = dict(data=str(embedded), out=str(out), variant="tiny", size=64, batch_size=16, warmup_steps=1,
-               progress=False)
-    train(TrainConfig(epochs=1, **cfg))
-    state = json.loads((tmp_path / ".m.resume" / "state.json").read_text())
-    assert state["epoch"] == 1
-    train(TrainConfig(epochs=2, **cfg))
-    state = json.loads((tmp_path / ".m.resume" / "state.json").read_text())
-    assert state["epoch"] == 2 and [h["epoch"] for h in state["history"]] == [1, 2]
+    train(_cfg(tmp_path, embedded, time_budget_min=1e-9))  # the budget stops it after epoch 1 of 2
+    state = json.loads((out / ".resume" / "state.json").read_text())
+    assert state["epoch"] == 1 and not (tmp_path / ".m.resume").exists()
+    train(_cfg(tmp_path, embedded))  # same settings: resumes, finishes, removes its state
+    assert "resuming" in caplog.text and "after epoch 1 of 2" in caplog.text
+    meta = json.loads((out / "edgeseg_checkpoint.json").read_text())
+    assert [h["epoch"] for h in meta["training"]["history"]] == [1, 2]
+    assert not (out / ".resume").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_changed_settings_are_refused_naming_what_differs(tmp_path, embedded):
+    from edgeseg.errors import ConfigError
+
+    train(_cfg(tmp_path, embedded, time_budget_min=1e-9))
+    with pytest.raises(ConfigError, match=r"lr 0.0006 -> 0.001.*variant 'tiny' -> 'b0'|variant"):
+        train(_cfg(tmp_path, embedded, lr=1e-3, variant="b0"))
+    state = json.loads((tmp_path / "m" / ".resume" / "state.json").read_text())
+    assert state["epoch"] == 1  # the refused run touched nothing
+
+
+def test_finished_run_is_not_silently_reused(tmp_path, embedded):
+    from edgeseg.errors import ConfigError
+
+    out = train(_cfg(tmp_path, embedded, epochs=1))
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match="finished training run.*--overwrite"):
+        train(_cfg(tmp_path, embedded, epochs=1, lr=1e-3))
+    assert (out / "model.safetensors").read_bytes() == before
+    train(_cfg(tmp_path, embedded, epochs=1, lr=1e-3, seed=1), overwrite=True)
+    meta = json.loads((out / "edgeseg_checkpoint.json").read_text())
+    assert meta["training"]["lr"] == 1e-3 and (out / "model.safetensors").read_bytes() != before
+
+
+def test_foreign_or_input_output_folder_refused_before_work(tmp_path, embedded):
+    from edgeseg.errors import ConfigError
+
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="did not write"):
+        train(_cfg(tmp_path, embedded, out=str(foreign)))
+    with pytest.raises(ConfigError, match="did not write"):
+        train(_cfg(tmp_path, embedded, out=str(foreign)), overwrite=True)
+    assert (foreign / "mine.txt").read_text() == "keep me"
+    with pytest.raises(ConfigError, match="input"):
+        train(_cfg(tmp_path, embedded, out=str(embedded / "runs")))
 
 
 def test_data_parallel_under_torchrun(tmp_path, embedded):
@@ -58,5 +103,4 @@ def test_data_parallel_under_torchrun(tmp_path, embedded):
     assert meta["training"]["world_size"] == 2
     assert [h["epoch"] for h in meta["training"]["history"]] == [1, 2]
     # each rank sees half the images per epoch: 40 train images, batch 8 -> 3 steps per epoch
-    state = json.loads((tmp_path / ".ddp.resume/state.json").read_text())
-    assert state["step"] == 6
+    assert meta["training"]["steps"] == 6 and not (tmp_path / "ddp/.resume").exists()

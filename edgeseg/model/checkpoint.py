@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeseg.errors import ModelError
-from edgeseg.runtime.files import atomic_dir
+from edgeseg.runtime.files import atomic_dir, atomic_write_json
 from edgeseg.runtime.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -177,8 +178,10 @@ def checkpoint_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(model, meta: CheckpointMeta, out: str | Path) -> Path:
-    """Write an HF checkpoint directory (safetensors) plus edgeseg metadata, atomically."""
+def save_checkpoint(model, meta: CheckpointMeta, out: str | Path, keep: tuple[str, ...] = ()) -> Path:
+    """Write an HF checkpoint directory (safetensors) plus edgeseg metadata, atomically.
+
+    ``keep``: names inside an existing ``out`` carried over into the new one (train's resume state)."""
     out = Path(out)
     model.config.id2label = {i: c for i, c in enumerate(meta.classes)}
     model.config.label2id = {c: i for i, c in enumerate(meta.classes)}
@@ -198,5 +201,8 @@ def save_checkpoint(model, meta: CheckpointMeta, out: str | Path) -> Path:
                       str(tmp / "model.safetensors"), metadata={"format": "pt"})
         else:
             model.save_pretrained(str(tmp), safe_serialization=True)
-        (tmp / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
+        atomic_write_json(tmp / META_FILE, meta.to_dict())
+        for name in keep:  # last, so that a failure above leaves them where they were
+            if (out / name).exists():
+                os.replace(out / name, tmp / name)
     return out

@@ -14,18 +14,22 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgeseg.data import folders as D
 from edgeseg.errors import ConfigError
-from edgeseg.runtime.files import atomic_dir
 from edgeseg.model.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from edgeseg.model.variants import build_model
+from edgeseg.runtime.files import atomic_write_json
 from edgeseg.runtime.metrics import MetricAccumulator
 from edgeseg.runtime.preprocess import Preprocess, postprocess, resize
+from edgeseg.train import resume as R
+from edgeseg.train.resume import TrainState
+from edgeseg.train.augment import augment, to_tensor
+from edgeseg.train.losses import class_weights_for, lr_factor, seg_loss  # noqa: F401 - re-used by distill
 
 log = logging.getLogger(__name__)
 
@@ -94,72 +98,6 @@ def load_arrays(samples, pp: Preprocess, num_classes: int, keep_original: bool =
     return imgs, masks, originals
 
 
-def to_tensor(imgs_u8, pp: Preprocess, device):
-    """uint8 (N,h,w,3) torch tensor -> normalised float NCHW (same maths as runtime.preprocess)."""
-    import torch
-
-    x = imgs_u8.to(device=device, dtype=torch.float32).permute(0, 3, 1, 2) * pp.scale
-    mean = torch.tensor(pp.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(pp.std, device=device).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def augment(x_u8, y, gen):
-    """Flips, 90-degree rotations (square inputs), brightness/contrast jitter; in torch, per batch."""
-    import torch
-
-    if torch.rand((), generator=gen) < 0.5:
-        x_u8, y = x_u8.flip(2), y.flip(2)
-    if torch.rand((), generator=gen) < 0.5:
-        x_u8, y = x_u8.flip(1), y.flip(1)
-    if x_u8.shape[1] == x_u8.shape[2]:
-        k = int(torch.randint(0, 4, (), generator=gen))
-        x_u8, y = torch.rot90(x_u8, k, (1, 2)), torch.rot90(y, k, (1, 2))
-    x = x_u8.float()
-    n = x.shape[0]
-    b = (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.3 * 255
-    c = 1 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.4
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = ((x - mean) * c + mean + b).clamp(0, 255)
-    return x.round().to(torch.uint8), y
-
-
-def seg_loss(logits, target, class_weights=None, dice_weight: float = 1.0):
-    """Cross-entropy (optionally class-weighted) + soft Dice over foreground classes.
-
-    ``logits`` are upsampled to the target size first, as HF does for its own loss.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-    ce = F.cross_entropy(logits, target.long(), weight=class_weights)
-    if dice_weight <= 0:
-        return ce
-    prob = logits.softmax(1)
-    onehot = F.one_hot(target.long(), logits.shape[1]).permute(0, 3, 1, 2).float()
-    inter = (prob * onehot).sum(dim=(0, 2, 3))
-    denom = prob.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
-    dice = (2 * inter + 1.0) / (denom + 1.0)
-    return ce + dice_weight * (1 - dice[1:].mean())
-
-
-def lr_factor(step: int, warmup: int, total: int, power: float) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, 1 - (step - warmup) / max(1, total - warmup)) ** power
-
-
-@dataclass
-class _State:
-    epoch: int = 0
-    step: int = 0
-    best_dice: float = -1.0
-    best_epoch: int = -1
-    history: list = field(default_factory=list)
-    elapsed_s: float = 0.0
-
-
 def evaluate_model(model, originals, pp: Preprocess, num_classes: int, device, batch_size: int = 8,
                    names=None) -> dict:
     """Score a torch model on (image, mask) pairs at their original size."""
@@ -182,7 +120,9 @@ def evaluate_model(model, originals, pp: Preprocess, num_classes: int, device, b
     return acc.summary()
 
 
-def train(cfg: TrainConfig) -> Path:
+def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
+    """Train into ``cfg.out`` (a new folder, an unfinished run with the same settings to resume,
+    or with ``overwrite`` an earlier training output to replace): see edgeseg.train.resume."""
     import torch
 
     from edgeseg.model.checkpoint import checkpoint_sha256
@@ -190,6 +130,7 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     pick_device(cfg.device)  # fail early on a device that is not there
+    mode, state = R.plan(cfg, overwrite)  # before reading any image: refuse what cannot be done
     num_classes = len(cfg.classes)
     pp = Preprocess(height=cfg.size, width=cfg.size)
 
@@ -219,14 +160,7 @@ def train(cfg: TrainConfig) -> Path:
     else:
         model = build_model(cfg.variant, num_classes, cfg.config_file, seed=cfg.seed)
         provenance["init"] = "random (no pretrained weights)"
-    return fit(model, xs, ys, val_orig, [s.name for s in val_s], pp, cfg, provenance)
-
-
-def class_weights_for(ys: np.ndarray, num_classes: int) -> np.ndarray:
-    """Inverse square root of pixel frequencies, normalised to min 1, capped at 10."""
-    counts = np.bincount(ys.ravel(), minlength=num_classes).astype(np.float64) + 1
-    w = (counts.sum() / counts) ** 0.5
-    return np.minimum(w / w.min(), 10.0)
+    return fit(model, xs, ys, val_orig, [s.name for s in val_s], pp, cfg, provenance, state=state)
 
 
 def _distributed(device: str):
@@ -250,18 +184,19 @@ def _distributed(device: str):
 
 
 def fit(model, xs: np.ndarray, ys: np.ndarray, val_orig, val_names, pp: Preprocess, cfg: TrainConfig,
-        provenance: dict, loss_fn=None, extra_training: dict | None = None) -> Path:
+        provenance: dict, loss_fn=None, extra_training: dict | None = None,
+        state: TrainState | None = None) -> Path:
     """The loop: AdamW + warm-up + poly decay, validation Dice each epoch, best checkpoint kept,
     full state saved each epoch for resuming; data-parallel under ``torchrun``.
 
     ``loss_fn(logits, x, y)`` defaults to class-weighted CE + soft Dice against the masks.
+    ``state``: the state to resume (from :func:`edgeseg.train.resume.plan`); None starts afresh.
     """
     import torch
 
     device = pick_device(cfg.device)
     rank, world, device = _distributed(device)
     out = Path(cfg.out)
-    resume_dir = out.parent / f".{out.name}.resume"
     num_classes = len(cfg.classes)
     model.to(device)
     cw = torch.tensor(class_weights_for(ys, num_classes), dtype=torch.float32, device=device)
@@ -274,10 +209,13 @@ def fit(model, xs: np.ndarray, ys: np.ndarray, val_orig, val_names, pp: Preproce
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps, total, cfg.poly_power))
-    state = _State()
-    if (resume_dir / "state.json").is_file():
-        state = _resume(resume_dir, model, opt, sched, cfg, device)
-        log.info("resuming after epoch %d (best val Dice %.4f)", state.epoch, state.best_dice)
+    resuming = state is not None
+    if resuming:
+        R.restore(out, model, opt, sched, device)
+        log.warning("resuming %s after epoch %d of %d (best val Dice %.4f)", out, state.epoch, cfg.epochs,
+                    state.best_dice)
+    else:
+        state = TrainState(settings=R.settings_of(cfg))
     net = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -320,7 +258,9 @@ def fit(model, xs: np.ndarray, ys: np.ndarray, val_orig, val_names, pp: Preproce
                    "val_iou": summary["mean_iou"], "lr": sched.get_last_lr()[0],
                    "elapsed_s": round(state.elapsed_s, 1)}
             state.history.append(rec)
-            print(json.dumps(rec), file=sys.stderr)
+            print(f"epoch {state.epoch}/{cfg.epochs}  train loss {rec['train_loss']:.4f}  val Dice "
+                  f"{rec['val_dice']:.4f}  val IoU {rec['val_iou']:.4f}  lr {rec['lr']:.2e}  "
+                  f"{rec['elapsed_s']:.0f} s", file=sys.stderr)
             if summary["mean_dice"] > state.best_dice:
                 state.best_dice, state.best_epoch = summary["mean_dice"], state.epoch
                 meta = CheckpointMeta(
@@ -332,8 +272,11 @@ def fit(model, xs: np.ndarray, ys: np.ndarray, val_orig, val_names, pp: Preproce
                               "elapsed_s": round(state.elapsed_s, 1), "history": state.history,
                               **(extra_training or {})},
                 )
-                save_checkpoint(model, meta, out)
-            _save_resume(resume_dir, model, opt, sched, state)
+                # the resume state lives in OUT: carry ours across the checkpoint's atomic replacement
+                # (an --overwrite'n run's old state is dropped at its first save)
+                save_checkpoint(model, meta, out, keep=(R.RESUME_DIR,) if resuming else ())
+            R.save(out, model, opt, sched, state)
+            resuming = True
         if world > 1:
             import torch.distributed as dist
 
@@ -343,6 +286,10 @@ def fit(model, xs: np.ndarray, ys: np.ndarray, val_orig, val_names, pp: Preproce
             break
     if rank == 0:
         _update_history(out, state)
+        if state.epoch >= cfg.epochs:  # finished: nothing left to resume
+            import shutil
+
+            shutil.rmtree(out / R.RESUME_DIR, ignore_errors=True)
     return out
 
 
@@ -360,28 +307,7 @@ def _bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
-def _save_resume(resume_dir: Path, model, opt, sched, state: _State) -> None:
-    import torch
-    from safetensors.torch import save_file
-
-    with atomic_dir(resume_dir) as tmp:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp / "optim.pt")
-        (tmp / "state.json").write_text(json.dumps(asdict(state)))
-
-
-def _resume(resume_dir: Path, model, opt, sched, cfg: TrainConfig, device) -> _State:
-    import torch
-    from safetensors.torch import load_file
-
-    model.load_state_dict(load_file(str(resume_dir / "model.safetensors"), device=str(device)))
-    o = torch.load(resume_dir / "optim.pt", map_location=device, weights_only=True)
-    opt.load_state_dict(o["optimizer"])
-    sched.load_state_dict(o["scheduler"])
-    return _State(**json.loads((resume_dir / "state.json").read_text()))
-
-
-def _update_history(out: Path, state: _State) -> None:
+def _update_history(out: Path, state: TrainState) -> None:
     from edgeseg.model.checkpoint import META_FILE
 
     mp = out / META_FILE
@@ -389,6 +315,5 @@ def _update_history(out: Path, state: _State) -> None:
         d = json.loads(mp.read_text())
         d["training"]["history"] = state.history
         d["training"]["best_epoch"] = state.best_epoch
-        tmp = mp.with_suffix(".tmp")
-        tmp.write_text(json.dumps(d, indent=2) + "\n")
-        tmp.replace(mp)
+        d["training"]["steps"] = state.step
+        atomic_write_json(mp, d)
