@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.errors import ModelError
+from edgeseg.runtime.formats import detect, expected
 from edgeseg.runtime.segmenter import Segmenter
 
 
@@ -35,8 +36,8 @@ class TorchRunner:
 
 
 def is_checkpoint(path: str | Path) -> bool:
-    p = Path(path)
-    return p.is_dir() and (p / "config.json").is_file()
+    f = detect(path)
+    return f is not None and f.name == "checkpoint"
 
 
 def torch_segmenter(model, meta, device: str = "cpu", path: str | Path = "<memory>") -> Segmenter:
@@ -50,8 +51,11 @@ def open_model(path: str | Path, providers: list[str] | None = None, threads: in
     """The one way the toolkit opens a model to run it."""
     path = Path(path)
     if not path.exists():
-        raise ModelError(f"model not found: {path}")
-    if is_checkpoint(path):
+        raise ModelError(f"model not found: {path} (expected a {expected()})")
+    fmt = detect(path)
+    if fmt is None:
+        raise ModelError(f"{path} is not a model edgeseg opens: expected a {expected()}")
+    if fmt.runner == "torch":
         from edgeseg.model.checkpoint import load_checkpoint
 
         if threads:

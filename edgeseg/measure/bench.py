@@ -91,18 +91,10 @@ def parse_batch_sizes(value: str | Sequence[int]) -> tuple[int, ...]:
 
 # --------------------------------------------------------------------------- model facts
 def model_kind(path: Path) -> str:
-    from edgeseg.runners import is_checkpoint
-    from edgeseg.runtime.bundle import is_bundle
+    from edgeseg.runtime.formats import detect
 
-    if is_checkpoint(path):
-        return "checkpoint"
-    if is_bundle(path):
-        return "bundle"
-    if path.suffix in (".engine", ".plan"):
-        return "engine"
-    if path.suffix == ".onnx":
-        return "onnx"
-    return "unknown"
+    fmt = detect(path)
+    return fmt.name if fmt is not None else "unknown"
 
 
 def model_size_mb(path: Path, seg=None) -> float | None:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.runtime.bundle import Bundle, is_bundle, read_bundle
+from edgeseg.runtime.bundle import Bundle, read_bundle
 from edgeseg.runtime.errors import BundleError, InputError
+from edgeseg.runtime.formats import detect, expected
 from edgeseg.runtime.preprocess import Preprocess, postprocess, preprocess, resize_chw, softmax, validate_image
 
 ONNX_META_KEY = "edgeseg"  # exported ONNX files carry their manifest subset in metadata_props
@@ -23,21 +24,22 @@ class Segmenter:
                  verify: bool = True) -> None:
         path = Path(path)
         self.bundle: Bundle | None = None
-        if is_bundle(path):
+        fmt = detect(path)
+        if fmt is not None and fmt.name == "bundle":
             self.bundle = read_bundle(path, verify=verify)
             model_file = self.bundle.model_file
             info = self.bundle.manifest
-        elif path.is_file() and path.suffix in (".engine", ".plan"):
+        elif fmt is not None and fmt.name == "engine":
             info = _sidecar(path)
             model_file = path
-        elif path.is_file() and path.suffix == ".onnx":
+        elif fmt is not None and fmt.name == "onnx":
             model_file = path
             info = None
         elif path.is_dir():
             raise BundleError(f"{path} is not a bundle (no edgeseg.json)")
         else:
-            raise BundleError(f"model not found or of unknown type: {path} (expected a bundle dir, .onnx or .engine)")
-        if model_file.suffix in (".engine", ".plan"):
+            raise BundleError(f"model not found or of unknown type: {path} (expected a {expected('runtime')})")
+        if fmt.runner == "tensorrt":
             from edgeseg.runtime.runners.tensorrt import TensorRTRunner
 
             self.runner = TensorRTRunner(model_file)
