@@ -160,3 +160,73 @@ def test_real_layouts(shared_data):
         assert img.shape[:2] == m.shape and set(np.unique(m)) <= {0, 1}
     busi = D.discover(shared_data / "busi-subset")
     assert any(len(s.masks) == 2 for s in busi)
+
+
+# --- no silent subsets -------------------------------------------------------------------
+def test_two_masks_with_one_name_refused_by_name(tmp_path):
+    write_img(tmp_path / "images/a.png", rgb())
+    write_img(tmp_path / "masks/a.png", mask01() * 255)
+    write_img(tmp_path / "masks/a.jpg", mask01() * 255)
+    with pytest.raises(DataError, match="two masks share the name 'a'"):
+        D.discover(tmp_path)
+
+
+def test_unreadable_subfolder_is_named_not_skipped(tmp_path, monkeypatch):
+    """A sub-folder the walk cannot list (permissions; root reads anything, so simulated)."""
+    import os
+
+    write_img(tmp_path / "images/a.png", rgb())
+    write_img(tmp_path / "images/locked/b.png", rgb(seed=1))
+    write_img(tmp_path / "masks/a.png", mask01() * 255)
+    real = os.scandir
+
+    def scandir(path="."):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DataError, match="cannot read .*locked: Permission denied"):
+        D.discover(tmp_path)
+
+
+def test_broken_link_is_named(tmp_path):
+    write_img(tmp_path / "images/a.png", rgb())
+    write_img(tmp_path / "masks/a.png", mask01() * 255)
+    (tmp_path / "images/gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(DataError, match="gone.png is a link to nothing"):
+        D.discover(tmp_path)
+
+
+def test_linked_subfolder_is_followed_once(tmp_path):
+    other = tmp_path / "elsewhere"
+    write_img(other / "b.png", rgb(seed=1))
+    write_img(tmp_path / "d/images/a.png", rgb())
+    (tmp_path / "d/images/more").symlink_to(other, target_is_directory=True)
+    (tmp_path / "d/images/loop").symlink_to(tmp_path / "d/images", target_is_directory=True)
+    write_img(tmp_path / "d/masks/a.png", mask01() * 255)
+    write_img(tmp_path / "d/masks/more/b.png", mask01() * 255)
+    names = sorted(s.name for s in D.discover(tmp_path / "d"))
+    assert names == ["a", "more/b"]
+
+
+def test_mask_content_decides_lossy_not_its_extension(tmp_path):
+    """A {0,1} PNG named .jpg keeps its foreground (thresholding it at 128 would empty it)."""
+    import cv2
+
+    write_img(tmp_path / "images/a.png", rgb())
+    ok, png = cv2.imencode(".png", mask01())
+    (tmp_path / "masks").mkdir()
+    png.tofile(str(tmp_path / "masks/a.jpg"))
+    (s,) = D.discover(tmp_path)
+    _, m = D.load_pair(s)
+    assert (m == mask01()).all()
+
+
+def test_jpeg_mask_of_zeros_and_ones_is_not_emptied(tmp_path):
+    write_img(tmp_path / "images/a.png", rgb())
+    write_img(tmp_path / "masks/a.jpg", mask01())  # real JPEG, values {0,1} plus noise
+    (s,) = D.discover(tmp_path)
+    _, m = D.load_pair(s)
+    agree = (m == mask01()).mean()
+    assert m.sum() > 0.8 * mask01().sum() and agree > 0.95

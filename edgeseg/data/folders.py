@@ -27,7 +27,6 @@ from edgeseg.runtime.preprocess import MAX_IMAGE_PIXELS
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
-LOSSY_EXTS = {".jpg", ".jpeg"}
 _MASK_SUFFIX = re.compile(r"^(?P<base>.*)_mask(?:_(?P<n>\d+))?$")
 
 
@@ -39,7 +38,32 @@ class Sample:
 
 
 def _files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    """Every image file under ``root``. Linked sub-folders are followed (once each, no loops);
+    a sub-folder that cannot be read or a link that leads nowhere is an error naming it, never a
+    silently smaller data set."""
+    import os
+
+    found: list[Path] = []
+    seen: set[str] = set()
+
+    def fail(exc: OSError) -> None:
+        raise DataError(f"cannot read {exc.filename}: {exc.strerror or exc} (fix its permissions or remove it; "
+                        "edgeseg does not silently use part of a folder)")
+
+    for top, dirs, files in os.walk(root, onerror=fail, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # a link back to a folder already walked
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in files:
+            p = Path(top) / name
+            if p.suffix.lower() not in IMAGE_EXTS:
+                continue
+            if not p.exists():
+                raise DataError(f"{p} is a link to nothing ({os.readlink(p)}); remove or fix it")
+            found.append(p)
+    return sorted(found)
 
 
 def _key(path: Path, root: Path) -> str:
@@ -141,6 +165,9 @@ def discover(root: str | Path, split: str | None = None, require_masks: bool = T
             base = k
             if k not in by_key and m and m.group("base") in by_key:
                 base = m.group("base")
+            same = [q for q in masks.get(base, []) if _key(q, mask_root) == k]
+            if same:
+                raise DataError(f"two masks share the name {k!r}: {same[0].name} and {p.name}; keep one")
             masks.setdefault(base, []).append(p)
     elif require_masks:
         raise DataError(f"{root} has no masks/ folder")
@@ -294,8 +321,9 @@ def read_mask(path: str | Path, num_classes: int = 2) -> np.ndarray:
             raise DataError(f"mask {path} has pixel type {m.dtype}; expected 8-bit")
     values = np.unique(m)
     if num_classes == 2:
-        if path.suffix.lower() in LOSSY_EXTS:
-            return (m >= 128).astype(np.uint8)
+        if _is_jpeg(path):  # lossy by content, whatever the extension says (a PNG named .jpg is lossless)
+            # JPEG noise around {0, 255}: threshold at half; a {0, 1} mask saved as JPEG: at 1
+            return (m >= (1 if m.max() <= 2 else 128)).astype(np.uint8)
         if set(values.tolist()) <= {0, 1}:
             return m.astype(np.uint8)
         if set(values.tolist()) <= {0, 255}:
@@ -307,6 +335,11 @@ def read_mask(path: str | Path, num_classes: int = 2) -> np.ndarray:
     if values.max() >= num_classes:
         raise DataError(f"mask {path} has label {int(values.max())} but only {num_classes} classes are declared")
     return m.astype(np.uint8)
+
+
+def _is_jpeg(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(3) == b"\xff\xd8\xff"
 
 
 def load_pair(sample: Sample, num_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
