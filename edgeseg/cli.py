@@ -29,19 +29,28 @@ app = typer.Typer(
 EXIT_BAD_INPUT = 2
 
 
+def _version(value: bool) -> None:
+    if value:
+        from edgeseg import __version__
+
+        typer.echo(f"edgeseg {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
-    """edgeseg: compress, export, verify and benchmark SegFormer segmentation models."""
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print edgeseg's version and exit.")) -> None:
+    """edgeseg: compress, export, verify and benchmark SegFormer segmentation models.
+
+    Start with `edgeseg compress` (no arguments: the embedded demo teacher), or
+    `edgeseg COMMAND --help` for a command's options and an example.
+    """
 
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
-    import warnings
-
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.captureWarnings(True)  # library warnings become one log line each; none is silenced globally
 
 
 def command(fn):
@@ -96,10 +105,18 @@ def train(
     time_budget: Optional[float] = typer.Option(None, help="Stop after the epoch that passes N minutes."),
     seed: int = typer.Option(0),
     no_augment: bool = typer.Option(False, "--no-augment"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT when it holds an earlier training run."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details to stderr."),
 ):
-    """Train or fine-tune a SegFormer; writes a standard HF checkpoint directory."""
+    """Train or fine-tune a SegFormer; writes a standard HF checkpoint directory.
+
+    A run stopped early (killed, or --time-budget spent) resumes when started again with the same
+    options; other options on the same -o are refused, naming what differs.
+
+    Example: edgeseg train data/kvasir -o runs/b0 --variant b0 --size 256 --epochs 40
+    """
     _setup_logging(verbose)
     from edgeseg.train.loop import TrainConfig
     from edgeseg.train.loop import train as run_train
@@ -111,10 +128,15 @@ def train(
         warmup_steps=warmup_steps, device=device, threads=threads, time_budget_min=time_budget, seed=seed,
         augment=not no_augment, progress=not quiet,
     )
-    path = run_train(cfg)
+    path = run_train(cfg, overwrite=overwrite)
     meta = json.loads((path / "edgeseg_checkpoint.json").read_text())
-    typer.echo(json.dumps({"checkpoint": str(path), "val": meta["metrics"].get("val", {}),
-                           "epoch": meta["metrics"].get("epoch")}, indent=2))
+    val = meta["metrics"].get("val", {})
+    if json_out:
+        typer.echo(json.dumps({"checkpoint": str(path), "val": val, "epoch": meta["metrics"].get("epoch")}, indent=2))
+    else:
+        typer.echo(f"checkpoint: {path}  (best epoch {meta['metrics'].get('epoch')}: val Dice "
+                   f"{val.get('mean_dice', float('nan')):.4f}, IoU {val.get('mean_iou', float('nan')):.4f}, "
+                   f"{val.get('n_images', '?')} images)")
 
 
 def _spacing(value: Optional[str]):
@@ -316,7 +338,8 @@ def bench(
 ):
     """Latency (model-only and end-to-end), throughput, memory, size, Dice and its drop per model x backend."""
     _setup_logging(verbose)
-    from edgeseg.measure.bench import BenchConfig, compare_baseline, load_result, parse_batch_sizes
+    from edgeseg.measure.baseline import compare_baseline, load_result
+    from edgeseg.measure.bench import BenchConfig, parse_batch_sizes
     from edgeseg.measure.bench import bench as run_bench
     from edgeseg.evaluate import write_json
     from edgeseg.measure import report
@@ -391,14 +414,111 @@ def compress(
         typer.echo(f"no checkpoint given: compressing the embedded demo teacher {checkpoint}", err=True)
     rec = Recipe.from_file(recipe, **given) if recipe else Recipe(**given)
     report = Compressor(checkpoint, out, rec, progress=not quiet).run()
-    from edgeseg.compress.pipeline import terminal_table
+    from edgeseg.compress.report import terminal_table
 
     typer.echo(terminal_table(report))
     typer.echo(f"bundle: {report['bundle']}\nreport: {out / 'report.md'}")
 
 
+@command
+def prune(
+    checkpoint: Path = typer.Argument(..., help="HF checkpoint dir to prune (folded first; the input is not changed)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Checkpoint dir to write (new, or an earlier checkpoint "
+                             "with --overwrite). No default."),
+    ratio: float = typer.Option(0.5, "--ratio", help="Fraction of Mix-FFN hidden channels removed in every stage, "
+                                "in [0, 1). Default: 0.5."),
+    decoder_ratio: Optional[float] = typer.Option(0.75, "--decoder-ratio", help="Fraction of the decode-head width "
+                                                  "removed, in [0, 1). Default: 0.75."),
+    depths: Optional[str] = typer.Option(None, "--depths", help="Blocks kept per encoder stage, e.g. 1,1,1,1 (the "
+                                         "least useful are dropped). Default: keep every block."),
+    importance: str = typer.Option("magnitude", "--importance", help="Channel importance: magnitude or taylor "
+                                   "(taylor needs --calib). Default: magnitude."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of real images (or a dataset folder with "
+                                         "images/) for data-driven steps: taylor importance, depth scores and the "
+                                         "re-fit of pruned layers. Default: none (weights only)."),
+    calib_split: Optional[str] = typer.Option(None, "--calib-split", help="Split of --calib. Default: all images."),
+    calib_count: int = typer.Option(16, "--calib-count", help="How many --calib images. Default: 16."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT when it is an earlier edgeseg checkpoint."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr."),
+):
+    """Structurally prune a checkpoint (Mix-FFN channels, decoder width, optionally whole blocks).
+
+    Example: edgeseg prune runs/teacher -o runs/pruned --ratio 0.5 --decoder-ratio 0.75 --calib data/kvasir
+    """
+    _setup_logging(verbose)
+    from edgeseg.compress.pipeline import prune_checkpoint
+    from edgeseg.outputs import check_output
+    from edgeseg.prune import PruneConfig
+
+    cfg = PruneConfig(ratio=ratio, decoder_ratio=decoder_ratio, depths=_ints(depths, "--depths"),
+                      importance=importance)
+    check_output(out, "checkpoint", inputs=[checkpoint, calib], overwrite=overwrite)
+    x = None
+    if calib is not None:
+        from edgeseg.model.checkpoint import read_meta
+        from edgeseg.quantize import load_calibration
+
+        x, _ = load_calibration(calib, read_meta(checkpoint).preprocess, count=calib_count, split=calib_split)
+    elif importance == "taylor":
+        from edgeseg.errors import ConfigError
+
+        raise ConfigError("--importance taylor needs images: pass --calib DIR")
+    path, rep = prune_checkpoint(checkpoint, out, cfg, calib=x)
+    typer.echo(f"pruned: params {rep['params_before']:,} -> {rep['params_after']:,}, "
+               f"MACs {rep['macs_before'] / 1e9:.2f} -> {rep['macs_after'] / 1e9:.2f} G; checkpoint: {path}")
+
+
+@command
+def distill(
+    teacher: Path = typer.Argument(..., help="Teacher HF checkpoint dir."),
+    student: Path = typer.Argument(..., help="Student checkpoint dir to start from (e.g. `edgeseg prune` output)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Checkpoint dir to write (new, or an earlier checkpoint "
+                             "with --overwrite). No default."),
+    train_dir: Path = typer.Option(..., "--train", help="Labelled folder (images/ + masks/) to distil on. No default."),
+    train_split: Optional[str] = typer.Option(None, "--train-split", help="Split of --train to learn from. "
+                                              "Default: all images."),
+    val_split: Optional[str] = typer.Option(None, "--val-split", help="Split of --train that picks the kept epoch "
+                                            "(agreement with the teacher). Default: the training images."),
+    epochs: int = typer.Option(10, "--epochs", help="Training epochs. Default: 10."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Images per step. Default: 8."),
+    lr: float = typer.Option(3e-4, "--lr", help="Peak learning rate (AdamW). Default: 3e-4."),
+    temperature: float = typer.Option(2.0, "--temperature", help="Softmax temperature of the soft targets. "
+                                      "Default: 2.0."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Weight of the teacher's soft targets vs the masks, in [0, 1]. "
+                                "Default: 0.5."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto. Default: auto."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads. Default: torch's choice."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT when it is an earlier edgeseg checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr."),
+):
+    """Distil a student checkpoint from a teacher; keeps the epoch that agrees best with the teacher.
+
+    Never ends worse than the student it started from without saying so.
+
+    Example: edgeseg distill runs/teacher runs/pruned -o runs/distilled --train data/kvasir --epochs 10
+    """
+    _setup_logging(verbose)
+    from edgeseg.compress.pipeline import distill_checkpoint
+    from edgeseg.distill import DistillConfig
+    from edgeseg.model.checkpoint import read_meta
+    from edgeseg.outputs import check_output
+    from edgeseg.train.loop import TrainConfig
+
+    dcfg = DistillConfig(temperature=temperature, alpha=alpha)
+    check_output(out, "checkpoint", inputs=[teacher, student, train_dir], overwrite=overwrite)
+    meta = read_meta(teacher)
+    tcfg = TrainConfig(data=str(train_dir), out=str(out), train_split=train_split, val_split=val_split,
+                       classes=tuple(meta.classes), size=max(32, meta.preprocess.height // 32 * 32), epochs=epochs,
+                       batch_size=batch_size, lr=lr, device=device, progress=not quiet, threads=threads)
+    path = distill_checkpoint(teacher, student, out, tcfg, dcfg, student_note=student.name)
+    sel = read_meta(path).training.get("selection") or {}
+    typer.echo(f"kept the {sel.get('kept')} (agreement with the teacher {sel.get('best_agreement', 0):.4f} at the "
+               f"best epoch vs {sel.get('start_agreement', 0):.4f} at the start); checkpoint: {path}")
+
+
 def main() -> None:  # pragma: no cover
-    app()
+    app(prog_name="edgeseg")
 
 
 if __name__ == "__main__":  # pragma: no cover

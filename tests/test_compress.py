@@ -34,6 +34,13 @@ def test_compress_writes_bundle_report_and_every_stage(compressed):
     assert fold["gflops"] < rep["stages"][0]["gflops"]
     prune = rep["stages"][2]
     assert prune["params"] < fold["params"]
+    teacher = rep["stages"][0]  # the reference: no meaningless zero drop or "worst image" against itself
+    assert teacher["dice_drop"] is None and teacher["worst_image"] is None
+    assert all(s["dice_drop"] is not None and s["worst_image"] for s in rep["stages"][1:])
+    md = (out / "report.md").read_text()
+    assert "| teacher |" in md and "| reference | reference |" in md
+    assert "vs the teacher:" in md and ("budget of 0.5 Dice MET" in md or "budget of 0.5 Dice MISSED" in md)
+    assert "p90 ms" in md and "spread ms" in md
     b = read_bundle(out / "bundle")
     m = b.manifest
     assert m["precision"] == "int8"
@@ -44,10 +51,13 @@ def test_compress_writes_bundle_report_and_every_stage(compressed):
     assert json.loads((out / "report.json").read_text())["machine"]["cpu"]
 
 
-def test_compress_resumes_without_redoing_stages(compressed, tiny_ckpt, embedded):
+def test_compress_resumes_without_redoing_stages(compressed, tiny_ckpt, embedded, caplog):
     out, rep = compressed
     before = json.loads((out / "state.json").read_text())
-    rep2 = Compressor(tiny_ckpt, out, recipe(embedded), progress=False).run()
+    with caplog.at_level("INFO", logger="edgeseg.compress.pipeline"):
+        rep2 = Compressor(tiny_ckpt, out, recipe(embedded), progress=False).run()
+    for name in ("teacher", "fold", "prune", "distill", "export", "quantize"):
+        assert f"reusing stage {name} from a previous identical run" in caplog.text
     after = json.loads((out / "state.json").read_text())
     assert before["stages"] == after["stages"]
     assert [s["dice"] for s in rep2["stages"]] == [s["dice"] for s in rep["stages"]]
@@ -55,25 +65,54 @@ def test_compress_resumes_without_redoing_stages(compressed, tiny_ckpt, embedded
 
 def test_compress_refuses_other_recipe_on_same_output(compressed, tiny_ckpt, embedded):
     out, _ = compressed
-    with pytest.raises(ConfigError, match="different recipe"):
-        Compressor(tiny_ckpt, out, recipe(embedded, prune_ratio=0.25), progress=False)
+    with pytest.raises(ConfigError, match="different recipe") as e:
+        Compressor(tiny_ckpt, out, recipe(embedded, prune_ratio=0.25, runs=4), progress=False)
+    assert "prune_ratio: 0.5 -> 0.25" in str(e.value) and "runs: 3 -> 4" in str(e.value)
+    assert "decoder_ratio" not in str(e.value)
 
 
-def test_interrupted_compress_leaves_no_bundle_and_resumes(tiny_ckpt, embedded, tmp_path, monkeypatch):
+def test_interrupted_compress_leaves_no_bundle_and_resumes(tiny_ckpt, embedded, tmp_path, monkeypatch, caplog):
+    import edgeseg.compress.guard as G
     import edgeseg.compress.pipeline as C
 
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(C.Compressor, "_quantize", boom)
+    monkeypatch.setattr(G, "quantize_guarded", boom)
     with pytest.raises(KeyboardInterrupt):
         Compressor(tiny_ckpt, tmp_path / "o", recipe(embedded, distill_epochs=0), progress=False).run()
     assert not (tmp_path / "o/bundle").exists()
     st = json.loads((tmp_path / "o/state.json").read_text())
     assert set(st["stages"]) == {"teacher", "fold", "prune", "export"}
     monkeypatch.undo()
-    rep = Compressor(tiny_ckpt, tmp_path / "o", recipe(embedded, distill_epochs=0), progress=False).run()
+    # resume, on a machine where INT8 runs slower than FP32 (made so: INT8 timings x 100)
+    measure = C.Compressor.measure
+
+    def slow_int8(self, name, *a, **k):
+        res = measure(self, name, *a, **k)
+        if name == "quantize":
+            res.p50_ms *= 100
+        return res
+
+    monkeypatch.setattr(C.Compressor, "measure", slow_int8)
+    with caplog.at_level("INFO", logger="edgeseg.compress.pipeline"):
+        rep = Compressor(tiny_ckpt, tmp_path / "o", recipe(embedded, distill_epochs=0), progress=False).run()
+    assert "reusing stage export from a previous identical run" in caplog.text
+    assert "reusing stage quantize" not in caplog.text
     assert rep["stages"][-1]["name"] == "quantize" and read_bundle(tmp_path / "o/bundle").precision == "int8"
+    st = json.loads((tmp_path / "o/state.json").read_text())
+    assert "INT8 is slower than FP32" in st["stages"]["quantize"]["notes"]["warning"]  # recorded with the stage
+    # a third run reuses every stage and still says INT8 is slower
+    monkeypatch.undo()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="edgeseg.compress.pipeline"):
+        rep = Compressor(tiny_ckpt, tmp_path / "o", recipe(embedded, distill_epochs=0), progress=False).run()
+    assert "reusing stage quantize from a previous identical run" in caplog.text
+    assert "INT8 is slower than FP32" in caplog.text
+    assert "INT8 is slower than FP32" in (tmp_path / "o/report.md").read_text()
+    from edgeseg.compress.report import terminal_table
+
+    assert "warning: quantize: INT8 is slower than FP32" in terminal_table(rep)
 
 
 def test_tensorrt_target_gives_symmetric_qdq(tiny_ckpt, embedded, tmp_path):
@@ -93,12 +132,45 @@ def test_recipe_file(tmp_path, embedded):
     p.write_text(json.dumps({"prune_ration": 0.3}))
     with pytest.raises(ConfigError, match="unknown key"):
         Recipe.from_file(p)
-    with pytest.raises(ConfigError, match="--target"):
+    with pytest.raises(ConfigError, match="--target") as e:
         Recipe(target="tpu")
+    assert "cpu, tensorrt, cpu-weights" in str(e.value)  # the quantize package's table
+    p.write_text(json.dumps({"prune_ratio": "half"}))
+    with pytest.raises(ConfigError, match="prune_ratio must be float"):
+        Recipe.from_file(p)
+    p.write_text(json.dumps({"depths": [1, 1, 2, 1], "int8": False}))
+    assert Recipe.from_file(p).depths == (1, 1, 2, 1)
+    p.write_text("{bad")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        Recipe.from_file(p)
+    with pytest.raises(ConfigError, match="finite"):
+        Recipe(max_dice_drop=float("nan"))
+    r = Recipe(prune_ratio=0.3)
+    assert r.diff(r.to_dict()) == [] and r.diff({**r.to_dict(), "alpha": 0.9}) == ["alpha: 0.9 -> 0.5"]
+
+
+def test_headline_says_gain_cost_and_budget():
+    from edgeseg.compress.report import headline, terminal_table
+
+    def stage(name, p50, mb, dice, drop):
+        return {"name": name, "precision": "fp32", "params": 10, "gflops": 1.0, "size_mb": mb, "p50_ms": p50,
+                "p90_ms": p50, "dice": dice, "dice_drop": drop, "notes": {}}
+
+    rep = {"recipe": {"max_dice_drop": 0.01}, "stages": [stage("teacher", 40.0, 16.0, 0.80, None),
+                                                         stage("export", 10.0, 4.0, 0.795, 0.005)]}
+    h = headline(rep)
+    assert "4.0x faster (40.0 -> 10.0 ms p50)" in h and "4.0x smaller" in h and "+0.0050 Dice" in h
+    assert "budget of 0.01 Dice MET" in h
+    rep["stages"][1]["dice"] = 0.75
+    assert "MISSED by 0.0400" in headline(rep)
+    rep["recipe"]["max_dice_drop"] = None
+    assert "no Dice budget was set" in headline(rep)
+    table = terminal_table(rep).splitlines()
+    assert "reference" in next(ln for ln in table if ln.startswith("teacher"))
 
 
 def test_guard_returns_sensitive_blocks_to_float_until_budget_holds():
-    from edgeseg.compress.pipeline import guard_fallback
+    from edgeseg.compress.guard import guard_fallback
 
     # synthetic model: INT8 of block "b" costs 0.05 Dice, "c" 0.02, "a" nothing; FP32 Dice 0.90
     cost = {"a": 0.0, "b": 0.05, "c": 0.02}
@@ -130,7 +202,7 @@ def test_guard_in_pipeline_records_its_decisions(tiny_ckpt, embedded, tmp_path):
 
 
 def test_guard_does_not_chase_noise_when_fp32_already_missed_the_budget():
-    from edgeseg.compress.pipeline import QUANT_TOL, guard_fallback
+    from edgeseg.compress.guard import QUANT_TOL, guard_fallback
 
     def dice_of(float_blocks):  # INT8 costs 0.001 in total, below QUANT_TOL
         return 0.80 - (0.0 if "a" in float_blocks else 0.001)

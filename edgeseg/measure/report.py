@@ -270,7 +270,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
 
 
-def _save(fig, canvas_cls, path: Path) -> Path:
+def save_figure(fig, canvas_cls, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas_cls(fig)
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -304,7 +304,7 @@ def plot_latency(result: dict, path: str | Path, part: str = "model") -> Path:
     ax.set_title(f"{'model-only' if part == 'model' else 'end-to-end'} latency "
                  "(box: quartiles, whiskers: p1-p99)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, Canvas, Path(path))
+    return save_figure(fig, Canvas, Path(path))
 
 
 def plot_pareto(result: dict, path: str | Path) -> Path:
@@ -332,7 +332,7 @@ def plot_pareto(result: dict, path: str | Path) -> Path:
     ax.set_ylabel("mean Dice")
     ax.set_title("accuracy vs latency", fontsize=10)
     ax.grid(alpha=0.3)
-    return _save(fig, Canvas, Path(path))
+    return save_figure(fig, Canvas, Path(path))
 
 
 def write_report(result: dict, out: str | Path, plots: bool = True) -> dict[str, Path]:

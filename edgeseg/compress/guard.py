@@ -1,0 +1,108 @@
+"""The INT8 accuracy guard of ``edgeseg compress``.
+
+:func:`guard_fallback` is the rule: quantize every block; when the Dice drop against the
+teacher exceeds the budget, return the blocks that hurt most to float until it holds.
+:func:`quantize_guarded` applies it to an exported FP32 bundle: it calibrates once
+(``edgeseg.quantize.Int8Quantizer``), builds and scores each candidate in a temporary folder,
+and writes the chosen one as an INT8 bundle (manifest by ``edgeseg.quantize.int8_manifest``).
+Weight-only targets quantize no activations, so they need no search.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from edgeseg.runtime.files import atomic_dir, sha256_file
+
+QUANT_TOL = 0.002  # the most Dice INT8 alone may cost when the FP32 model already used the budget
+
+
+def guard_fallback(groups: list[str], dice_of, teacher_dice: float, fp32_dice: float, budget: float | None):
+    """The INT8 accuracy guard. ``dice_of(float_blocks)`` quantizes everything except those
+    blocks and returns the validation Dice. Returns (blocks kept float, final Dice, notes).
+
+    1. Quantize every block; if the drop vs the teacher is within budget (or no budget), done.
+       (When the FP32 model is already over budget, the target becomes FP32 Dice - QUANT_TOL.)
+    2. Sensitivity: for each block, the Dice recovered when it alone stays float.
+    3. Return blocks to float, most sensitive first, until the budget holds (or no block that
+       helps is left); the notes say which, why, and by how much a missed budget was missed.
+    """
+    notes: dict = {"float_blocks": [], "sensitivity": {}, "dice_fp32": fp32_dice}
+    excluded: list[str] = []
+    dice = dice_of(excluded)
+    notes["dice_all_int8"] = dice
+    if budget is None:
+        return excluded, dice, notes
+    target = teacher_dice - budget
+    if fp32_dice < target:
+        # the FP32 model already spent the budget (pruning/distillation): no INT8 fallback can win
+        # it back, so only INT8's own cost is bounded, by QUANT_TOL, instead of keeping ever more
+        # blocks in float for gains below the noise of the validation set
+        notes["fp32_over_budget_by"] = target - fp32_dice
+        target = fp32_dice - QUANT_TOL
+    notes["target_dice"] = target
+    if dice >= target:
+        if teacher_dice - dice > budget:
+            notes["budget_missed_by"] = teacher_dice - dice - budget
+        return excluded, dice, notes
+    gains = {g: dice_of([g]) - dice for g in groups}
+    notes["sensitivity"] = gains
+    for g in sorted(gains, key=gains.get, reverse=True):
+        if gains[g] <= 0:
+            break
+        excluded.append(g)
+        dice = dice_of(excluded)
+        notes["float_blocks"].append({"block": g, "dice_gain_alone": gains[g], "dice_after": dice})
+        if dice >= target:
+            break
+    if teacher_dice - dice > budget:
+        notes["budget_missed_by"] = teacher_dice - dice - budget
+    return excluded, dice, notes
+
+
+def quantize_guarded(export_dir: Path, q_dir: Path, *, target: str, method: str, calib, calib_info: dict,
+                     dice_of_bundle: Callable[[Path], float], teacher_dice: float, fp32_dice: float,
+                     budget: float | None, work: Path) -> dict:
+    """Write the INT8 bundle ``q_dir`` from the FP32 bundle ``export_dir``; returns the notes
+    (recipe, method, calibration, and the guard's decisions). ``dice_of_bundle(path)`` scores
+    a candidate bundle on the validation images; ``work`` holds the temporary candidates."""
+    from edgeseg.quantize import TARGETS, Int8Quantizer, int8_manifest, weight_only_int8
+    from edgeseg.runtime.bundle import read_bundle, write_bundle
+
+    src = read_bundle(export_dir)
+    source_sha = sha256_file(src.model_file)
+    if TARGETS[target].weight_only:
+        with tempfile.TemporaryDirectory(prefix=".edgeseg-q-", dir=work) as td:
+            onnx_path = weight_only_int8(src.model_file, Path(td) / "model.onnx")
+            write_bundle(q_dir, {"model.onnx": onnx_path},
+                         int8_manifest(src.manifest, target, calib_info=None, source_sha256=source_sha))
+        return {"recipe": target, "method": "none (weight-only)", "calibration": calib_info, "float_blocks": [],
+                "dice_fp32": fp32_dice}
+
+    qz = Int8Quantizer(src.model_file, calib, target, method, calib_info=calib_info)
+    groups = qz.node_groups()
+    notes: dict = {"recipe": target, "method": method, "calibration": calib_info}
+    with tempfile.TemporaryDirectory(prefix=".edgeseg-q-", dir=work) as td:
+        built: dict[tuple, Path] = {}
+
+        def dice_of(exclude: list[str]) -> float:
+            tag = f"q{len(built)}"
+            onnx_path = Path(td) / f"{tag}.onnx"
+            qz.quantize(onnx_path, exclude=[n for g in exclude for n in groups[g]])
+            bdir = Path(td) / f"{tag}.bundle"
+            write_bundle(bdir, {"model.onnx": onnx_path},
+                         int8_manifest(src.manifest, target, method=method, calib_info=calib_info,
+                                       float_blocks=exclude, source_sha256=source_sha))
+            built[tuple(exclude)] = bdir
+            return dice_of_bundle(bdir)
+
+        excluded, _, guard = guard_fallback(list(groups), dice_of, teacher_dice, fp32_dice, budget)
+        notes.update(guard)
+        chosen = built[tuple(excluded)]
+        with atomic_dir(q_dir) as tmp:
+            for f in chosen.iterdir():
+                os.replace(f, tmp / f.name)
+    return notes

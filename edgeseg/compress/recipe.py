@@ -1,0 +1,159 @@
+"""The compression recipe: every option of ``edgeseg compress``, as one frozen dataclass.
+
+A :class:`Recipe` comes from command-line flags (``Recipe(**flags)``) or a JSON file
+(:meth:`Recipe.from_file`, flags given on the command line override the file), is checked
+when it is built (unknown keys, wrong types, NaN and out-of-range numbers, unknown INT8
+targets: one ``ConfigError`` line each), and is recorded in ``OUT/state.json``. A resumed run
+compares its recipe with the recorded one; :meth:`Recipe.diff` names every option that
+changed, so the refusal can say which.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from edgeseg.errors import ConfigError
+from edgeseg.runtime.files import read_json
+
+
+def target_names() -> tuple[str, ...]:
+    """The INT8 targets compress accepts: the quantize package's table."""
+    from edgeseg.quantize import TARGETS
+
+    return tuple(TARGETS)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    # data
+    calib: str | None = None
+    calib_split: str | None = None
+    calib_count: int = 64
+    val: str | None = None
+    val_split: str | None = None
+    train: str | None = None  # labelled images for distillation (default: the teacher's training data)
+    train_split: str | None = None
+    # prune
+    prune_ratio: float = 0.5
+    decoder_ratio: float | None = 0.75
+    stage_ratios: tuple[float, ...] | None = None
+    target_macs: float | None = None
+    importance: str = "magnitude"
+    depths: tuple[int, ...] | None = None  # blocks kept per stage (depth pruning)
+    # distill
+    distill_epochs: int = 10
+    distill_lr: float = 3e-4
+    batch_size: int = 8
+    temperature: float = 2.0
+    alpha: float = 0.5
+    feature_weight: float = 0.0
+    device: str = "auto"
+    # quantize
+    int8: bool = True
+    target: str = "cpu"  # a name of edgeseg.quantize.TARGETS
+    calib_method: str = "percentile"
+    max_dice_drop: float | None = 0.01
+    # timing
+    threads: int | None = 2
+    runs: int = 30
+    warmup: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"recipe option {f.name} must be a finite number, got {v}")
+        if self.distill_epochs < 0 or self.calib_count < 1:
+            raise ConfigError("distill epochs must be >= 0 and the calibration count >= 1")
+        if self.runs < 1 or self.warmup < 0 or self.batch_size < 1:
+            raise ConfigError("runs and batch_size must be >= 1, warmup >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        if self.target not in target_names():
+            raise ConfigError(f"unknown --target {self.target!r}; choose {', '.join(target_names())}")
+        if self.max_dice_drop is not None and not 0 <= self.max_dice_drop < 1:
+            raise ConfigError("--max-dice-drop must be in [0, 1)")
+        if self.temperature <= 0 or not 0 <= self.alpha <= 1 or self.feature_weight < 0:
+            raise ConfigError("distillation needs temperature > 0, alpha in [0, 1] and feature_weight >= 0")
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> Recipe:
+        """A recipe JSON file; ``overrides`` that are not None win over the file's values."""
+        p = Path(path)
+        d = read_json(p, ConfigError, what=f"recipe {p}")
+        return cls.from_dict(d, where=f"recipe {p}", **overrides)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "recipe", **overrides) -> Recipe:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ConfigError(f"{where} has unknown key(s): {', '.join(unknown)}; known: {', '.join(known)}")
+        d = {**d, **{k: v for k, v in overrides.items() if v is not None}}
+        for k, v in d.items():
+            d[k] = _typed(k, v, known[k].type, where)
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        """The JSON form recorded in state.json, reports and bundles (tuples as lists)."""
+        d = asdict(self)
+        for k in ("stage_ratios", "depths"):
+            if d.get(k) is not None:
+                d[k] = list(d[k])
+        return d
+
+    def diff(self, recorded: dict) -> list[str]:
+        """Each option whose value differs from ``recorded`` (a :meth:`to_dict`), as
+        ``"name: recorded -> now"``; empty when they are the same recipe."""
+        now = self.to_dict()
+        keys = list(now) + [k for k in recorded if k not in now]
+        missing = object()
+        out = []
+        for k in keys:
+            a, b = recorded.get(k, missing), now.get(k, missing)
+            if a != b:
+                out.append(f"{k}: {'(absent)' if a is missing else a!r} -> {'(absent)' if b is missing else b!r}")
+        return out
+
+
+_NUMBER = (int, float)
+
+
+def _typed(name: str, value: Any, annotation: str, where: str) -> Any:
+    """``value`` checked against the field's annotation (a string, as with postponed
+    annotations); lists become tuples for tuple fields. Wrong types give one ConfigError line."""
+    optional = "None" in annotation
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: {name} may not be null")
+    base = annotation.replace(" | None", "")
+
+    def bad() -> ConfigError:
+        return ConfigError(f"{where}: {name} must be {base}, got {type(value).__name__} {value!r}")
+
+    if base.startswith("tuple"):
+        if not isinstance(value, (list, tuple)) or not value:
+            raise bad()
+        elem = int if "int" in base else float
+        if any(isinstance(v, bool) or not isinstance(v, _NUMBER) or (elem is int and not isinstance(v, int))
+               for v in value):
+            raise bad()
+        return tuple(elem(v) for v in value)
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise bad()
+    elif base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+    elif base == "float":
+        if isinstance(value, bool) or not isinstance(value, _NUMBER):
+            raise bad()
+        value = float(value)
+    elif base == "str" and not isinstance(value, str):
+        raise bad()
+    return value
