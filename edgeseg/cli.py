@@ -212,22 +212,38 @@ def evaluate(
 def predict(
     model: Path = typer.Argument(..., help="HF checkpoint dir, bundle dir, .onnx or .engine."),
     images: Path = typer.Argument(..., help="An image file, or a folder of images (searched recursively)."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output folder."),
-    overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Also write colour overlays."),
-    probs: bool = typer.Option(False, "--probs", help="Also write probability maps."),
-    providers: Optional[str] = typer.Option(None),
-    threads: Optional[int] = typer.Option(None),
-    device: str = typer.Option("cpu"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder: new, or an earlier predict output with "
+                             "--overwrite. Never a folder holding other files, never inside the images."),
+    overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Also write colour overlays (default: on)."),
+    probs: bool = typer.Option(False, "--probs", help="Also write probability maps (default: off)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT when it is an earlier predict output."),
+    providers: Optional[str] = typer.Option(None, help="ONNX Runtime providers, e.g. cpu or cuda,cpu "
+                                            "(default: cpu)."),
+    threads: Optional[int] = typer.Option(None, help="Inference threads (default: the runtime's choice)."),
+    device: str = typer.Option("cpu", help="torch device for checkpoints: cpu or cuda."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details to stderr."),
 ):
-    """Masks (PNG, original size), overlays and optional probability maps."""
+    """Masks (PNG, original size), overlays and optional probability maps.
+
+    Images are streamed; OUT appears complete at the end or not at all.
+
+    Example: edgeseg predict runs/compressed/bundle scans/ -o runs/masks
+    """
     _setup_logging(verbose)
     from edgeseg.predict import predict_folder
-    from edgeseg.runners import open_model
+    from edgeseg.runners import model_id, open_model
 
     seg = open_model(model, providers=_providers(providers), threads=threads, device=device)
-    written = predict_folder(seg, images, out, overlay=overlay, probs=probs)
-    typer.echo(json.dumps({"images": len(written), "out": str(out)}))
+    res = predict_folder(seg, images, out, overlay=overlay, probs=probs, overwrite=overwrite, model_path=model,
+                         model_id=model_id(seg, model), progress=not quiet)
+    if json_out:
+        typer.echo(json.dumps({"images": res.images, "out": str(res.out), "outputs": list(res.files),
+                               "seconds": round(res.seconds, 2)}))
+    else:
+        typer.echo(f"predicted {res.images} image(s) with {model} ({seg.runner.name}) in {res.seconds:.1f} s: "
+                   f"{', '.join(res.files)} in {res.out}")
 
 
 @command
@@ -506,12 +522,12 @@ def distill(
     from edgeseg.train.loop import TrainConfig
 
     dcfg = DistillConfig(temperature=temperature, alpha=alpha)
-    check_output(out, "checkpoint", inputs=[teacher, student, train_dir], overwrite=overwrite)
+    check_output(out, "checkpoint", inputs=[teacher, student, train_dir], overwrite=overwrite, resumable=True)
     meta = read_meta(teacher)
     tcfg = TrainConfig(data=str(train_dir), out=str(out), train_split=train_split, val_split=val_split,
                        classes=tuple(meta.classes), size=max(32, meta.preprocess.height // 32 * 32), epochs=epochs,
                        batch_size=batch_size, lr=lr, device=device, progress=not quiet, threads=threads)
-    path = distill_checkpoint(teacher, student, out, tcfg, dcfg, student_note=student.name)
+    path = distill_checkpoint(teacher, student, tcfg, dcfg, student_note=student.name, overwrite=overwrite)
     sel = read_meta(path).training.get("selection") or {}
     typer.echo(f"kept the {sel.get('kept')} (agreement with the teacher {sel.get('best_agreement', 0):.4f} at the "
                f"best epoch vs {sel.get('start_agreement', 0):.4f} at the start); checkpoint: {path}")

@@ -1,7 +1,17 @@
-"""Masks, overlays and probability maps for a file or a folder of images."""
+"""Masks, overlays and probability maps for a file or a folder of images.
+
+Images are streamed (read, predicted, written one at a time: memory does not grow with the
+folder) into a temporary folder beside the output, renamed into place at the end: a killed or
+failed run leaves the previous result or nothing. The output folder records which model made
+it (``.edgeseg-output.json``), and is never merged with another run's.
+"""
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -9,19 +19,39 @@ import numpy as np
 
 from edgeseg.data import folders as D
 from edgeseg.errors import DataError
+from edgeseg.outputs import check_output, mark
+from edgeseg.runtime.files import atomic_dir
 from edgeseg.runtime.segmenter import Segmenter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    out: Path
+    images: int
+    seconds: float
+    files: tuple[str, ...]  # kinds written: masks, overlays, probs
 
 
 def list_images(src: Path) -> list[tuple[str, Path]]:
+    """(output name, path) of every image: one file, or a folder searched recursively. Two images
+    whose names differ only by extension would write the same mask: refused, naming both."""
     src = Path(src)
     if src.is_file():
         return [(src.stem, src)]
     if not src.is_dir():
         raise DataError(f"images not found: {src}")
-    files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in D.IMAGE_EXTS)
+    files = D._files(src)
     if not files:
-        raise DataError(f"no images found in {src}")
-    return [(p.relative_to(src).with_suffix("").as_posix(), p) for p in files]
+        raise DataError(f"no images (jpg, png, tif, bmp) found in {src}")
+    items: dict[str, Path] = {}
+    for p in files:
+        name = p.relative_to(src).with_suffix("").as_posix()
+        if name in items:
+            raise DataError(f"two images would write the same mask {name}.png: {items[name].name} and {p.name}")
+        items[name] = p
+    return list(items.items())
 
 
 def overlay_image(image: np.ndarray, mask: np.ndarray, colors, alpha: float = 0.45) -> np.ndarray:
@@ -38,32 +68,43 @@ def _write(path: Path, img: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     ok, buf = cv2.imencode(path.suffix, img)
     if not ok:
-        raise DataError(f"could not encode {path}")
-    tmp = path.with_name(f".{path.name}.tmp")
-    buf.tofile(str(tmp))
-    tmp.replace(path)
+        raise DataError(f"could not encode {path.name}")
+    buf.tofile(str(path))
 
 
-def predict_folder(seg: Segmenter, src: Path, out: Path, overlay: bool = True, probs: bool = False) -> list[Path]:
-    items = list_images(src)
-    # read everything first, so a corrupt file stops the run before anything is written
-    images = [(name, D.read_image(p)) for name, p in items]
+def _bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="predict", unit="img", disable=not enabled, file=sys.stderr, leave=False,
+                dynamic_ncols=True)
+
+
+def predict_folder(seg: Segmenter, src: Path, out: Path, overlay: bool = True, probs: bool = False,
+                   overwrite: bool = False, model_path: str | Path | None = None, model_id: str | None = None,
+                   progress: bool = False) -> PredictResult:
+    """Write ``masks/`` (PNG at each image's size), optionally ``overlays/`` and ``probs/`` into
+    ``out``: a new folder, or (``overwrite``) an earlier predict output, replaced whole."""
     out = Path(out)
+    check_output(out, "predict", inputs=[src, model_path], overwrite=overwrite)
+    items = list_images(src)
     colors = seg.info.get("colors") or [(0, 0, 0), (255, 64, 64)]
     binary = seg.num_classes == 2
-    written = []
-    for name, image in images:
-        mask, prob = seg.predict(image, probabilities=True) if probs else (seg.predict(image), None)
-        mp = out / "masks" / f"{name}.png"
-        _write(mp, (mask * 255).astype(np.uint8) if binary else mask)
-        written.append(mp)
-        if overlay:
-            _write(out / "overlays" / f"{name}.jpg", overlay_image(image, mask, colors)[:, :, ::-1])
-        if prob is not None:
-            if binary:
-                _write(out / "probs" / f"{name}.png", (prob[1] * 255 + 0.5).astype(np.uint8))
-            else:
-                pp = out / "probs" / f"{name}.npy"
-                pp.parent.mkdir(parents=True, exist_ok=True)
-                np.save(pp, prob.astype(np.float16))
-    return written
+    t0 = time.perf_counter()
+    with _bar(len(items), progress) as bar, atomic_dir(out) as tmp:  # the bar is cleared before any error line
+        for name, path in items:
+            image = D.read_image(path)
+            mask, prob = seg.predict(image, probabilities=True) if probs else (seg.predict(image), None)
+            _write(tmp / "masks" / f"{name}.png", (mask * 255).astype(np.uint8) if binary else mask)
+            if overlay:
+                _write(tmp / "overlays" / f"{name}.jpg", overlay_image(image, mask, colors)[:, :, ::-1])
+            if prob is not None:
+                if binary:
+                    _write(tmp / "probs" / f"{name}.png", (prob[1] * 255 + 0.5).astype(np.uint8))
+                else:
+                    (tmp / "probs").mkdir(exist_ok=True)
+                    np.save(tmp / "probs" / f"{name}.npy", prob.astype(np.float16))
+            bar.update(1)
+        kinds = tuple(k for k, on in (("masks", True), ("overlays", overlay), ("probs", probs)) if on)
+        mark(tmp, "predict", model=Path(model_path).name if model_path else str(seg.path.name),
+             model_id=model_id, runner=seg.runner.name, images=len(items), outputs=list(kinds))
+    return PredictResult(out=out, images=len(items), seconds=time.perf_counter() - t0, files=kinds)

@@ -65,3 +65,17 @@ def open_model(path: str | Path, providers: list[str] | None = None, threads: in
         model, meta = load_checkpoint(path, device=device)
         return torch_segmenter(model, meta, device, path)
     return Segmenter(path, providers=providers, threads=threads)
+
+
+def model_id(seg: Segmenter, path: str | Path) -> str:
+    """A short identity of the model behind ``seg``: the bundle's manifest checksum, the
+    checkpoint's weights hash, or the model file's sha256 (first 16 hex digits)."""
+    from edgeseg.runtime.files import sha256_file
+
+    if seg.bundle is not None:
+        return seg.bundle.manifest.manifest_sha256[:16]
+    if is_checkpoint(path):
+        from edgeseg.model.checkpoint import checkpoint_sha256
+
+        return checkpoint_sha256(path)[:16]
+    return sha256_file(path)[:16]
