@@ -9,8 +9,11 @@ the GPU memory.
 
 It uses the name-based tensor API of TensorRT 10 and later (``set_input_shape``,
 ``set_tensor_address``, ``execute_async_v3``); the binding-index API of TensorRT 8 is gone.
-Device memory comes from ``cuda-python`` (``cuda.bindings.runtime``, or ``cuda.cudart`` in
-older releases) when it is importable, else from ``pycuda``; torch is never used.
+Device memory comes from :mod:`edgeseg.runtime.runners.cuda` (``cuda-python`` when it is
+importable, else ``pycuda``; torch never). A missing library is a ``MissingDependency``
+(``edgeseg.runtime.errors``) naming what to install. :func:`read_sidecar` is the one sidecar
+reader (the Segmenter uses it too); the builders write sidecars with
+``edgeseg/export/tensorrt/sidecar.py``.
 
 Engines are specific to the GPU model and the TensorRT version that built them: build them
 on the target (``python3 -m edgeseg.export.tensorrt BUNDLE -o model.engine``). A sidecar that
