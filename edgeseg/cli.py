@@ -474,7 +474,9 @@ def prune(
         from edgeseg.model.checkpoint import read_meta
         from edgeseg.quantize import load_calibration
 
-        x, _ = load_calibration(calib, read_meta(checkpoint).preprocess, count=calib_count, split=calib_split)
+        # pruning scores channels and re-fits layers: a few images do (unlike INT8 ranges)
+        x, _ = load_calibration(calib, read_meta(checkpoint).preprocess, count=calib_count, split=calib_split,
+                                allow_few=True)
     elif importance == "taylor":
         from edgeseg.errors import ConfigError
 

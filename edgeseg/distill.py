@@ -7,6 +7,14 @@ Loss = (1 - alpha) * (CE + Dice against the masks)
 The student is the pruned teacher (same residual widths, so stage features can be matched
 directly) or a smaller variant initialised from the teacher wherever tensor shapes agree.
 Uses the shared training loop: resumable, progress bar, CPU or CUDA, DDP under torchrun.
+
+Which epoch is kept: the one whose masks agree best with the *teacher's* masks on the
+validation images (mean Dice between the two, at original size), because matching the
+teacher is what distillation is for. The starting student is scored the same way first; if
+no epoch beats it, the starting student is kept and the checkpoint says so
+(``training.selection.kept == "starting point"``, and a warning is logged): distillation
+never ends worse than where it started without saying so. The checkpoint's ``metrics.val``
+are the kept model's Dice against the ground truth; ``metrics.agreement`` its agreement.
 """
 
 from __future__ import annotations
@@ -15,14 +23,16 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from edgeseg.data import folders as D
 from edgeseg.errors import ConfigError
-from edgeseg.model.checkpoint import build_model, checkpoint_sha256, load_checkpoint
+from edgeseg.model.checkpoint import checkpoint_sha256, load_checkpoint, save_checkpoint
+from edgeseg.model.variants import build_model
 from edgeseg.runtime.preprocess import Preprocess
-from edgeseg.train.loop import TrainConfig, class_weights_for, fit, load_arrays, seg_loss
+from edgeseg.train.loop import TrainConfig, class_weights_for, evaluate_model, fit, load_arrays, seg_loss
 
 log = logging.getLogger(__name__)
 
@@ -93,26 +103,88 @@ def make_loss(teacher, cfg: DistillConfig, class_weights, dice_weight: float = 1
     return loss_fn
 
 
+def teacher_masks(teacher, originals, pp: Preprocess, device, batch_size: int = 8) -> list:
+    """(image, the teacher's predicted mask at the image's size) for each (image, mask) pair."""
+    from edgeseg.runtime.preprocess import postprocess, preprocess
+
+    out = []
+    teacher.eval()
+    with torch.inference_mode():
+        for i in range(0, len(originals), batch_size):
+            chunk = originals[i:i + batch_size]
+            x = torch.from_numpy(np.stack([preprocess(im, pp) for im, _ in chunk])).to(device)
+            logits = teacher(pixel_values=x).logits.float().cpu().numpy()
+            for j, (im, _) in enumerate(chunk):
+                out.append((im, np.asarray(postprocess(logits[j], im.shape[0], im.shape[1]))))
+    return out
+
+
 def distill(student, teacher, meta, train: TrainConfig, dcfg: DistillConfig, teacher_path: str | Path | None = None,
-            student_note: str = "") -> Path:
-    """Train ``student`` towards ``teacher`` on train.data; writes the best student to train.out."""
+            student_note: str = "", overwrite: bool = False) -> Path:
+    """Train ``student`` towards ``teacher`` on train.data; writes the kept student to train.out
+    (the best epoch by agreement with the teacher, or the starting student when no epoch beats
+    it; see the module doc) and returns that path. train.out follows the training output
+    policy (``edgeseg.train.resume.plan``): new, an unfinished run with the same settings
+    (resumed), or with ``overwrite`` an earlier checkpoint to replace."""
+    from edgeseg.train import resume as R
+
+    _, state = R.plan(train, overwrite=overwrite)
     pp: Preprocess = meta.preprocess
     nc = len(meta.classes)
     train_s = D.discover(train.data, train.train_split)
     val_s = D.discover(train.data, train.val_split) if train.val_split else train_s
     xs, ys, _ = load_arrays(train_s, pp, nc)
     _, _, val_orig = load_arrays(val_s, pp, nc, keep_original=True)
+    names = [s.name for s in val_s]
     device = train.device if train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     teacher.to(device)
+    agree_pairs = teacher_masks(teacher, val_orig, pp, device)  # the teacher's masks as the target
+    student.to(device)
+    start_agreement = evaluate_model(student, agree_pairs, pp, nc, device, names=names)["mean_dice"]
+    start_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    student.train()
     cw = torch.tensor(class_weights_for(ys, nc), dtype=torch.float32, device=device)
     loss_fn = make_loss(teacher, dcfg, cw if train.class_weighting else None, train.dice_weight, student)
-    provenance = {"distilled_from": {"path": str(teacher_path) if teacher_path else None,
+    provenance = {"distilled_from": {"path": Path(teacher_path).name if teacher_path else None,
                                      "sha256": checkpoint_sha256(teacher_path) if teacher_path else None,
                                      "provenance": meta.provenance},
                   "student": student_note, "data": str(Path(train.data).resolve()),
                   "train_split": train.train_split, "train_set": D.fingerprint(train_s)}
-    return fit(student, xs, ys, val_orig, [s.name for s in val_s], pp, train, provenance, loss_fn=loss_fn,
-               extra_training={"distill": dcfg.__dict__})
+    out = fit(student, xs, ys, agree_pairs, names, pp, train, provenance, loss_fn=loss_fn,
+              extra_training={"distill": dcfg.__dict__, "val_metric": "agreement with the teacher's masks"},
+              state=state)
+    return _keep_better(out, student, start_state, start_agreement, val_orig, names, pp, nc, device)
+
+
+def _keep_better(out: Path, student, start_state: dict, start_agreement: float, val_orig, names, pp, nc,
+                 device) -> Path:
+    """Record the selection in the checkpoint at ``out``; replace it by the starting student
+    when the best epoch agrees less with the teacher than the start did."""
+    model, kept_meta = load_checkpoint(out, device=str(device))
+    best_agreement = float(kept_meta.metrics.get("val", {}).get("mean_dice", float("-inf")))
+    training = dict(kept_meta.training or {})
+    best_epoch = training.get("best_epoch", kept_meta.metrics.get("epoch"))
+    kept = "best epoch"
+    if not best_agreement >= start_agreement:
+        kept = "starting point"
+        student.load_state_dict(start_state)
+        model = student
+        log.warning("distillation did not beat its starting point on the validation set (agreement with the "
+                    "teacher %.4f at best vs %.4f at the start): keeping the starting student",
+                    best_agreement, start_agreement)
+    gt = evaluate_model(model, val_orig, pp, nc, device, names=names)
+    training["selection"] = {"by": "validation agreement (Dice) with the teacher's masks",
+                             "start_agreement": float(start_agreement), "best_agreement": best_agreement,
+                             "best_epoch": best_epoch, "kept": kept}
+    kept_meta.training = training
+    kept_meta.metrics = {**kept_meta.metrics, "agreement": {"mean_dice": best_agreement if kept == "best epoch"
+                                                            else float(start_agreement)},
+                         "val": {k: v for k, v in gt.items() if k != "per_class"}}
+    from edgeseg.train.resume import RESUME_DIR
+
+    unfinished = (Path(out) / RESUME_DIR).is_dir()  # stopped early (time budget): keep its resume state
+    save_checkpoint(model.eval(), kept_meta, out, keep=(RESUME_DIR,) if unfinished else ())
+    return Path(out)
 
 
 def student_from_variant(teacher, variant: str, num_labels: int):

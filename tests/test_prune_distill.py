@@ -6,7 +6,8 @@ import torch
 
 from edgeseg.distill import DistillConfig, distill, init_from_teacher, make_loss
 from edgeseg.errors import ConfigError, ModelError
-from edgeseg.model.checkpoint import CheckpointMeta, build_model, load_checkpoint, save_checkpoint
+from edgeseg.model.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from edgeseg.model.variants import build_model
 from edgeseg.prune import PruneConfig, count_macs_params, prune, widths
 from edgeseg.runtime.preprocess import Preprocess
 from edgeseg.train.loop import TrainConfig
@@ -92,11 +93,62 @@ def test_distill_pruned_student_end_to_end(tiny_ckpt, embedded, tmp_path):
     assert smeta.provenance["distilled_from"]["sha256"]
     assert smeta.training["distill"]["temperature"] == 2.0
     assert widths(s)["decoder"] == widths(student)["decoder"]
-    # resumable: a second call with more epochs continues from the saved state
-    cfg2 = TrainConfig(**{**cfg.__dict__, "epochs": 3})
-    distill(s.train(), teacher, meta, cfg2, DistillConfig(), tiny_ckpt)
-    st = json.loads((tmp_path / ".s.resume/state.json").read_text())
-    assert st["epoch"] == 3
+    sel = smeta.training["selection"]
+    assert sel["kept"] in ("best epoch", "starting point") and sel["best_agreement"] >= 0
+    kept_agreement = sel["best_agreement"] if sel["kept"] == "best epoch" else sel["start_agreement"]
+    assert kept_agreement >= sel["start_agreement"]  # never ends below where it started
+    assert smeta.metrics["agreement"]["mean_dice"] == kept_agreement
+    assert 0 <= smeta.metrics["val"]["mean_dice"] <= 1  # Dice against the ground truth
+    # a finished distillation is never silently redone or reused
+    with pytest.raises(ConfigError, match="overwrite"):
+        distill(s.train(), teacher, meta, cfg, DistillConfig(), tiny_ckpt)
+
+
+def test_distillation_that_hurts_keeps_its_starting_point(tiny_ckpt, embedded, tmp_path, caplog):
+    """The student starts as an exact copy of the teacher (agreement 1); a wild learning rate can
+    only make it agree less, so the starting point must be kept, and said so."""
+    teacher, meta = load_checkpoint(tiny_ckpt)
+    student = copy.deepcopy(teacher)
+    start = {k: v.clone() for k, v in student.state_dict().items()}
+    cfg = TrainConfig(data=str(embedded), out=str(tmp_path / "s"), size=64, epochs=1, batch_size=16, lr=0.5,
+                      warmup_steps=0, progress=False, classes=tuple(meta.classes))
+    with caplog.at_level("WARNING", logger="edgeseg.distill"):
+        out = distill(student.train(), teacher, meta, cfg, DistillConfig(alpha=0.0), tiny_ckpt)
+    kept, kmeta = load_checkpoint(out)
+    sel = kmeta.training["selection"]
+    assert sel["start_agreement"] == 1.0 and sel["best_agreement"] < 1.0 and sel["kept"] == "starting point"
+    assert all(torch.equal(v, start[k]) for k, v in kept.state_dict().items())
+    assert "keeping the starting student" in caplog.text
+
+
+def _pruned_widths(path):
+    m, _ = load_checkpoint(path)
+    return widths(m)
+
+
+def test_prune_and_distill_commands(tiny_ckpt, embedded, tmp_path):
+    from conftest import run_cli
+
+    for cmd in ("prune", "distill"):
+        h = run_cli(cmd, "--help")
+        assert h.returncode == 0 and "Example: edgeseg " + cmd in h.stdout and "Default" in h.stdout
+    r = run_cli("prune", tiny_ckpt, "-o", tmp_path / "p", "--ratio", "0.5", "--decoder-ratio", "0.5",
+                "--calib", embedded, "--calib-split", "calibration", "--calib-count", "4")
+    assert r.returncode == 0, r.stderr
+    assert "params" in r.stdout and "checkpoint:" in r.stdout
+    before, after = _pruned_widths(tiny_ckpt), _pruned_widths(tmp_path / "p")
+    assert after["decoder"] < before["decoder"] and after["folded"]
+    r = run_cli("prune", tiny_ckpt, "-o", tmp_path / "p")  # an earlier output: refused without --overwrite
+    assert r.returncode != 0 and "--overwrite" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("prune", tiny_ckpt, "-o", tiny_ckpt / "inside")
+    assert r.returncode != 0 and "input" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("distill", tiny_ckpt, tmp_path / "p", "-o", tmp_path / "d", "--train", embedded,
+                "--train-split", "train", "--val-split", "val", "--epochs", "1", "--batch-size", "16", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "kept the " in r.stdout and "agreement with the teacher" in r.stdout
+    _, dmeta = load_checkpoint(tmp_path / "d")
+    assert dmeta.training["selection"]["kept"] in ("best epoch", "starting point")
+    assert _pruned_widths(tmp_path / "d") == after
 
 
 def test_depth_pruning_keeps_most_useful_blocks_and_reloads(tmp_path, calib):

@@ -92,16 +92,17 @@ def prune_checkpoint(src: str | Path, out: str | Path, cfg, calib: np.ndarray | 
     return Path(out), rep
 
 
-def distill_checkpoint(teacher: str | Path, student: str | Path, out: str | Path, train_cfg, dcfg,
-                       student_note: str = "") -> Path:
-    """Distil the checkpoint ``student`` towards the checkpoint ``teacher`` into ``out`` (see
-    ``edgeseg.distill.distill``: best epoch by agreement with the teacher, never worse than the
-    starting student without saying so)."""
+def distill_checkpoint(teacher: str | Path, student: str | Path, train_cfg, dcfg, student_note: str = "",
+                       overwrite: bool = False) -> Path:
+    """Distil the checkpoint ``student`` towards the checkpoint ``teacher`` into the checkpoint
+    ``train_cfg.out`` (see ``edgeseg.distill.distill``: best epoch by agreement with the teacher,
+    never worse than the starting student without saying so)."""
     from edgeseg.distill import distill
 
     t_model, meta = load_checkpoint(teacher)
     s_model, _ = load_checkpoint(student)
-    return distill(s_model.train(), t_model, meta, train_cfg, dcfg, teacher, student_note=student_note)
+    return distill(s_model.train(), t_model, meta, train_cfg, dcfg, teacher, student_note=student_note,
+                   overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------- the stages
@@ -147,7 +148,9 @@ def _distill(c: "Compressor", src: Path, out: Path) -> StageResult:
                        epochs=r.distill_epochs, batch_size=r.batch_size, lr=r.distill_lr, warmup_steps=20,
                        device=r.device, seed=r.seed, progress=c.progress, threads=r.threads)
     dcfg = DistillConfig(temperature=r.temperature, alpha=r.alpha, feature_weight=r.feature_weight)
-    distill_checkpoint(c.checkpoint, src, out, tcfg, dcfg, student_note="pruned teacher")
+    # an unrecorded earlier attempt: resume it when it stopped early, else start it again
+    redo = out.exists() and not (out / ".resume").is_dir()
+    distill_checkpoint(c.checkpoint, src, tcfg, dcfg, student_note="pruned teacher", overwrite=redo)
     model, meta = load_checkpoint(out)
     sel = (meta.training or {}).get("selection") or {}
     notes = {"distill": asdict(dcfg), "epochs": r.distill_epochs, "train_split": train_split, "selection": sel}
