@@ -172,7 +172,8 @@ def test_export_records_stats_of_its_parity_images_and_segmenter_scores(ckpt, tm
     assert stats["count"] == rep["images"] == 12
     assert stats["source"]["what"] == "parity images" and len(stats["source"]["sha256"]) == 64
     ok = seg.drift(held_out[0])
-    assert set(ok) == {"score", "drifted", "threshold", "details"} and not ok["drifted"]
+    assert set(ok) == {"score", "drifted", "threshold", "details", "likely_cause"} and not ok["drifted"]
+    assert ok["likely_cause"] is None
     assert seg.drift(255 - held_out[0])["drifted"]
 
 

@@ -133,6 +133,7 @@ def image_stats(images, percentile: float = DEFAULT_PERCENTILE, margin: float = 
         raise InputError(f"input statistics need at least {MIN_IMAGES} calibration images, got {len(images)}")
     if not (0 < float(percentile) <= 100) or not float(margin) >= 1.0:
         raise InputError("percentile must be in (0, 100] and margin >= 1")
+    px = [int(np.asarray(im).shape[0]) * int(np.asarray(im).shape[1]) for im in images]
     described = [_describe(im) for im in images]
     feats = np.stack([d[0] for d in described])
     hists = np.stack([d[1] for d in described])
@@ -167,6 +168,7 @@ def image_stats(images, percentile: float = DEFAULT_PERCENTILE, margin: float = 
                            "of": "leave-one-out scores of the calibration images"},
         "calibration_scores": {"p50": _r(np.percentile(loo, 50), 4), "p95": _r(np.percentile(loo, 95), 4),
                                "max": _r(loo.max(), 4)},
+        "image_pixels": {"min": int(min(px)), "max": int(max(px))},
     }
 
 
@@ -224,8 +226,52 @@ class DriftGuard:
         score = _score(z)
         details = {n: round(float(v), 3) for n, v in zip(FEATURES, z)}
         worst = FEATURES[int(np.argmax(np.abs(z)))]
-        return {"score": score, "drifted": bool(score > self.threshold), "threshold": self.threshold,
-                "details": {"z": details, "most_different": worst}}
+        drifted = bool(score > self.threshold)
+        return {"score": score, "drifted": drifted, "threshold": self.threshold,
+                "details": {"z": details, "most_different": worst},
+                "likely_cause": self.likely_cause(image, z, score) if drifted else None}
+
+    def likely_cause(self, image: np.ndarray, z: np.ndarray, score: float) -> str:
+        """A one-line guess at why an image drifted, for the person reading the warning."""
+        image = validate_image(image)
+        swapped = _score(_z(self._fit, *_describe(np.ascontiguousarray(image[:, :, ::-1]))))
+        if swapped <= self.threshold and swapped < 0.5 * score:
+            return ("colour channels look swapped: the image matches the calibration images in reversed "
+                    "channel order (BGR given where RGB is expected? pass color='BGR')")
+        px = self.stats.get("image_pixels")
+        h, w = image.shape[:2]
+        if isinstance(px, dict) and px.get("min") and not (px["min"] / 4 <= h * w <= px["max"] * 4):
+            return (f"another image size: {w}x{h} is far outside the calibration images' "
+                    f"{px['min'] / 1e6:.2f}-{px['max'] / 1e6:.2f} MP (another device or a crop?)")
+        zi = dict(zip(FEATURES, z))
+        chroma, ref_chroma = float(_describe(image)[0][6]), float(self._fit["centre"][6])
+        if chroma < 0.01 <= ref_chroma / 5:
+            return "a gray image where the calibration images were in colour (another modality?)"
+        if ref_chroma < 0.01 <= chroma / 5:
+            return "a colour image where the calibration images were gray (another modality?)"
+        means = [zi[k] for k in ("mean_r", "mean_g", "mean_b")]
+        uniform = min(abs(v) for v in means) > 3 and (min(means) > 0 or max(means) < 0)  # all brighter / darker
+        level = max(abs(zi[k]) for k in ("mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "hist_distance"))
+        if uniform or level == max(abs(z)):
+            return "another intensity range: brightness or contrast unlike the calibration images (exposure, window)"
+        if max(abs(zi[k]) for k in ("chrom_r", "chrom_b", "chrom_r_std", "chrom_b_std")) == max(abs(z)):
+            return "another colour balance: hue unlike the calibration images (another stain, light or camera)"
+        return "texture or sharpness unlike the calibration images (blur, noise, another resolution)"
 
 
-__all__ = ["image_stats", "DriftGuard", "FEATURES", "STATS_FORMAT", "STATS_VERSION"]
+def channels_look_swapped(stats: dict, image: np.ndarray) -> bool:
+    """Cheap check (a strided mean of the image): do the channel means match the calibration
+    images' far better in reversed order? Only decided when the calibration set is colourful
+    enough for red and blue to differ."""
+    ref = stats.get("channel_mean") if isinstance(stats, dict) else None
+    if not isinstance(ref, list) or len(ref) != 3 or abs(float(ref[0]) - float(ref[2])) < 0.08:
+        return False
+    step = max(1, min(image.shape[0], image.shape[1]) // 64)
+    m = image[::step, ::step].reshape(-1, 3).mean(axis=0) / 255.0
+    ref = np.asarray(ref, np.float64)
+    d_rgb = float(np.abs(m - ref).sum())
+    d_bgr = float(np.abs(m[::-1] - ref).sum())
+    return d_bgr < 0.5 * d_rgb and d_rgb > 0.15
+
+
+__all__ = ["image_stats", "DriftGuard", "channels_look_swapped", "FEATURES", "STATS_FORMAT", "STATS_VERSION"]

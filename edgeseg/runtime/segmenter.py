@@ -7,6 +7,7 @@ image's original size. Safe to share across threads: it holds no per-call state.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from edgeseg.runtime.errors import BundleError, InputError
 from edgeseg.runtime.formats import detect, expected
 from edgeseg.runtime.preprocess import Preprocess, postprocess, preprocess, resize_chw, softmax, validate_image
 
+COLOR_ORDERS = ("RGB", "BGR")
 ONNX_META_KEY = "edgeseg"  # exported ONNX files carry their manifest subset in metadata_props
 
 
@@ -71,6 +73,7 @@ class Segmenter:
             raise BundleError(f"{path}: the model declares no usable output")
         self._kinds = kinds
         self.drift_guard = _drift_guard(info, path)  # [drift guard] None when no input_stats recorded
+        self._warned_bgr = False
 
     @classmethod
     def from_runner(cls, runner, info: dict, path: str | Path = "<memory>") -> "Segmenter":
@@ -85,6 +88,7 @@ class Segmenter:
         self.path = Path(path)
         self._kinds = {o["kind"]: o["name"] for o in self.outputs}
         self.drift_guard = _drift_guard(info, path)
+        self._warned_bgr = False
         return self
 
     @property
@@ -116,29 +120,47 @@ class Segmenter:
                 results.append(_nearest(m, h, w))
         return results
 
-    def predict(self, image: np.ndarray, probabilities: bool = False):
-        """One HxWx3 uint8 RGB image -> uint8 mask (H, W) [, float32 probabilities (C, H, W)]."""
-        return self.predict_batch([image], probabilities)[0]
+    def predict(self, image: np.ndarray, probabilities: bool = False, color: str = "RGB"):
+        """One HxWx3 uint8 image -> uint8 mask (H, W) [, float32 probabilities (C, H, W)].
 
-    def predict_batch(self, images, probabilities: bool = False) -> list:
+        ``color``: the channel order of ``image``: "RGB" (the default; PIL, imageio, tifffile) or
+        "BGR" (what ``cv2.imread`` returns). When the bundle records input statistics and an
+        "RGB" image looks like a BGR one, a RuntimeWarning says so (once per Segmenter)."""
+        return self.predict_batch([image], probabilities, color)[0]
+
+    def predict_batch(self, images, probabilities: bool = False, color: str = "RGB") -> list:
         if isinstance(images, np.ndarray) and images.ndim == 4:
             images = list(images)
         if not isinstance(images, (list, tuple)) or not images:
             raise InputError("predict_batch needs a non-empty list of HxWx3 uint8 images (or an NxHxWx3 array)")
-        images = [validate_image(im) for im in images]
+        images = [self._rgb(validate_image(im), color) for im in images]
         batch = self.prepare(images)
         outs = self.infer(batch)
         return self.finish(outs, [im.shape[:2] for im in images], probabilities)
 
+    def _rgb(self, image: np.ndarray, color: str) -> np.ndarray:
+        if color not in COLOR_ORDERS:
+            raise InputError(f"color must be one of {', '.join(COLOR_ORDERS)}, got {color!r}")
+        if color == "BGR":
+            return np.ascontiguousarray(image[:, :, ::-1])
+        if self.drift_guard is not None and not self._warned_bgr:
+            from edgeseg.runtime.drift import channels_look_swapped
+
+            if channels_look_swapped(self.drift_guard.stats, image):
+                self._warned_bgr = True
+                warnings.warn("this image's colour channels look swapped against the bundle's calibration images: "
+                              "if it comes from cv2.imread (BGR), pass color='BGR'", RuntimeWarning, stacklevel=4)
+        return image
+
     # --- [drift guard] -------------------------------------------------------------------
-    def drift(self, image: np.ndarray) -> dict:
+    def drift(self, image: np.ndarray, color: str = "RGB") -> dict:
         """How far one HxWx3 uint8 RGB image lies from the bundle's calibration images:
         ``{"score", "drifted", "threshold", "details"}`` (see :mod:`edgeseg.runtime.drift`).
         A device app shows a warning instead of trusting the mask when ``drifted`` is true."""
         if self.drift_guard is None:
             raise BundleError(f"{self.path} records no input statistics (input_stats); re-export or "
                               "re-compress it with this edgeseg to get a drift guard")
-        return self.drift_guard.check(image)
+        return self.drift_guard.check(self._rgb(validate_image(image), color))
     # --- [/drift guard] ------------------------------------------------------------------
 
     def close(self) -> None:
