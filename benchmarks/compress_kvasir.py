@@ -61,8 +61,6 @@ def main() -> None:
     if a.reuse_from and not Path(a.out).exists():
         import json
 
-        from edgeseg.compress.pipeline import _jsonable_recipe
-
         shutil.copytree(a.reuse_from, a.out, ignore=shutil.ignore_patterns("bundle", "quantize", "report.*",
                                                                            "dice_vs_latency.png"))
         st = json.loads((Path(a.out) / "state.json").read_text())
@@ -70,7 +68,7 @@ def main() -> None:
         for k, v in st["stages"].items():
             v["path"] = v["path"].replace(str(Path(a.reuse_from).resolve()), str(Path(a.out).resolve()))
         old = dict(st["recipe"])
-        st["recipe"] = _jsonable_recipe(recipe)
+        st["recipe"] = recipe.to_dict()
         diff = {k for k in old if old[k] != st["recipe"].get(k)}
         if diff - {"target"}:
             raise SystemExit(f"--reuse-from: recipes differ in more than the target: {sorted(diff)}")

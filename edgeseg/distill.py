@@ -103,20 +103,13 @@ def make_loss(teacher, cfg: DistillConfig, class_weights, dice_weight: float = 1
     return loss_fn
 
 
-def teacher_masks(teacher, originals, pp: Preprocess, device, batch_size: int = 8) -> list:
-    """(image, the teacher's predicted mask at the image's size) for each (image, mask) pair."""
-    from edgeseg.runtime.preprocess import postprocess, preprocess
+def teacher_masks(teacher, meta, originals) -> list:
+    """(image, the teacher's predicted mask at the image's size) for each (image, mask) pair,
+    predicted the way every edgeseg model predicts (``Segmenter.predict``)."""
+    from edgeseg.runners import torch_segmenter
 
-    out = []
-    teacher.eval()
-    with torch.inference_mode():
-        for i in range(0, len(originals), batch_size):
-            chunk = originals[i:i + batch_size]
-            x = torch.from_numpy(np.stack([preprocess(im, pp) for im, _ in chunk])).to(device)
-            logits = teacher(pixel_values=x).logits.float().cpu().numpy()
-            for j, (im, _) in enumerate(chunk):
-                out.append((im, np.asarray(postprocess(logits[j], im.shape[0], im.shape[1]))))
-    return out
+    seg = torch_segmenter(teacher.eval(), meta)
+    return [(im, np.asarray(seg.predict(im))) for im, _ in originals]
 
 
 def distill(student, teacher, meta, train: TrainConfig, dcfg: DistillConfig, teacher_path: str | Path | None = None,
@@ -137,8 +130,8 @@ def distill(student, teacher, meta, train: TrainConfig, dcfg: DistillConfig, tea
     _, _, val_orig = load_arrays(val_s, pp, nc, keep_original=True)
     names = [s.name for s in val_s]
     device = train.device if train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    agree_pairs = teacher_masks(teacher, meta, val_orig)  # the teacher's masks as the target
     teacher.to(device)
-    agree_pairs = teacher_masks(teacher, val_orig, pp, device)  # the teacher's masks as the target
     student.to(device)
     start_agreement = evaluate_model(student, agree_pairs, pp, nc, device, names=names)["mean_dice"]
     start_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
