@@ -256,15 +256,21 @@ def export(
     opset: int = typer.Option(17),
     dynamic_hw: bool = typer.Option(False, "--dynamic-hw", help="Dynamic height/width (batch is always dynamic)."),
     postprocess: str = typer.Option("none", help="In-graph post-processing: none, mask, probs, mask+probs."),
-    data: Optional[Path] = typer.Option(None, help="Images for the parity check (default: embedded set)."),
+    data: Optional[Path] = typer.Option(None, help="Real images for the parity check and the drift guard's "
+                                        "statistics (default: the validation images recorded in the checkpoint, "
+                                        "when readable here; otherwise required)."),
     split: Optional[str] = typer.Option(None),
     parity_images: int = typer.Option(16, help="How many images the parity check uses (0 = all)."),
     precision: str = typer.Option("auto", help="tensorrt: auto, fp32, fp16 or int8."),
     timing_cache: Optional[Path] = typer.Option(None, help="tensorrt: timing cache file."),
     dla_core: Optional[int] = typer.Option(None, help="tensorrt: DLA core (Jetson)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT when it is an earlier bundle."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details to stderr."),
 ):
-    """Export a checkpoint to a verified bundle, or a bundle to a TensorRT engine."""
+    """Export a checkpoint to a verified bundle, or a bundle to a TensorRT engine.
+
+    Example: edgeseg export runs/b0 -o runs/b0-bundle --data data/kvasir --split val
+    """
     _setup_logging(verbose)
     from edgeseg.errors import ConfigError
 
@@ -294,7 +300,7 @@ def export(
     from edgeseg.export.pipeline import export_bundle
 
     cfg = ExportConfig(opset=opset, fp16=fp16, fold=fold, dynamic_hw=dynamic_hw, postprocess=postprocess)
-    path, rep = export_bundle(model, out, cfg, data=data, split=split, limit=parity_images)
+    path, rep = export_bundle(model, out, cfg, data=data, split=split, limit=parity_images, overwrite=overwrite)
     typer.echo(json.dumps({"bundle": str(path), "parity": rep}, indent=2))
 
 

@@ -44,7 +44,7 @@ def list_images(src: Path) -> list[tuple[str, Path]]:
         raise DataError(f"images not found: {src}")
     files = D._files(src)
     if not files:
-        raise DataError(f"no images (jpg, png, tif, bmp) found in {src}")
+        raise DataError(f"no images found in {src} (looked for jpg, png, tif, bmp)")
     items: dict[str, Path] = {}
     for p in files:
         name = p.relative_to(src).with_suffix("").as_posix()

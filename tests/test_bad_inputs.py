@@ -152,7 +152,7 @@ def models(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("models")
     ckpt = save_checkpoint(build_model("tiny").eval(), CheckpointMeta(preprocess=Preprocess(64, 64)), root / "ckpt")
-    bundle, _ = export_bundle(ckpt, root / "bundle", limit=4)
+    bundle, _ = export_bundle(ckpt, root / "bundle", data=EMBEDDED, split="val", limit=4)
     return ckpt, bundle
 
 
@@ -314,7 +314,7 @@ def test_predict_into_existing_folder_leaves_it_unchanged(bundle, tmp_path):
     worked(cli("predict", bundle, tmp_path / "in", "-o", tmp_path / "prev"))
     (tmp_path / "in/b.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     with Unchanged(tmp_path / "prev"):
-        refused(cli("predict", bundle, tmp_path / "in", "-o", tmp_path / "prev"), "b.jpg")
+        refused(cli("predict", bundle, tmp_path / "in", "-o", tmp_path / "prev", "--overwrite"), "b.jpg")
 
 
 # =========================================================================== checkpoints
@@ -350,7 +350,8 @@ def test_failed_export_keeps_previous_bundle(ckpt, models, tmp_path):
     w = c / "model.safetensors"
     w.write_bytes(w.read_bytes()[:100])
     with Unchanged(tmp_path):
-        refused(cli("export", c, "-o", prev), "corrupt or truncated")
+        refused(cli("export", c, "-o", prev, "--overwrite", "--data", EMBEDDED, "--split", "val"),
+                "corrupt or truncated")
 
 
 def test_checkpoint_config_not_json_evaluate(tmp_path, out):

@@ -166,7 +166,7 @@ def test_export_records_stats_of_its_parity_images_and_segmenter_scores(ckpt, tm
     from edgeseg.export.pipeline import export_bundle
     from edgeseg.runtime import Segmenter
 
-    path, rep = export_bundle(ckpt, tmp_path / "b", limit=0)  # all 12 embedded val images
+    path, rep = export_bundle(ckpt, tmp_path / "b", data=EMBEDDED, split="val", limit=0)  # all 12 val images
     seg = Segmenter(path)
     stats = seg.bundle.manifest["input_stats"]
     assert stats["count"] == rep["images"] == 12
@@ -182,7 +182,7 @@ def test_export_with_too_few_images_records_no_stats(ckpt, tmp_path):
     from edgeseg.runtime import Segmenter
     from edgeseg.runtime.bundle import BundleError
 
-    path, _ = export_bundle(ckpt, tmp_path / "b", limit=2)
+    path, _ = export_bundle(ckpt, tmp_path / "b", data=EMBEDDED, split="val", limit=2)
     seg = Segmenter(path)
     assert "input_stats" not in seg.bundle.manifest and seg.drift_guard is None
     with pytest.raises(BundleError, match="no input statistics"):

@@ -91,7 +91,14 @@ def resolve_split(root: Path, split: str | None) -> Path | None:
     cand = root / "splits" / f"{split}.txt"
     if cand.is_file():
         return cand
-    raise DataError(f"split {split!r} not found: neither a file nor {cand}")
+    known = sorted(q.stem for q in (root / "splits").glob("*.txt")) if (root / "splits").is_dir() else []
+    raise DataError(f"split {split!r} not found: neither a file nor {cand}; "
+                    + (f"splits of {root.name}: {', '.join(known)}" if known else f"{root.name} has no splits/ folder"))
+
+
+def has_split(root: str | Path, split: str | None) -> bool:
+    """Whether ``split`` names a split file, or ``ROOT/splits/SPLIT.txt`` exists."""
+    return split is not None and (Path(split).is_file() or (Path(root) / "splits" / f"{split}.txt").is_file())
 
 
 class Samples(list):

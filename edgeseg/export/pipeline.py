@@ -11,7 +11,7 @@ from pathlib import Path
 
 from edgeseg import __version__
 from edgeseg.data import folders as D
-from edgeseg.errors import DataError
+from edgeseg.errors import ConfigError, DataError
 from edgeseg.export.onnx import ExportConfig, export_onnx
 from edgeseg.export.validate import Tolerance, check, parity, tolerance_dict
 from edgeseg.model.checkpoint import CheckpointMeta, checkpoint_sha256, load_checkpoint
@@ -24,17 +24,40 @@ log = logging.getLogger(__name__)
 EMBEDDED_DATA = Path(__file__).resolve().parents[2] / "calibration_data"
 
 
-def default_data() -> Path:
-    if not (EMBEDDED_DATA / "images").is_dir():
-        raise DataError("no --data given and the embedded calibration_data/ folder is not present "
-                        "(install edgeseg from its source tree, or pass --data DIR)")
-    return EMBEDDED_DATA
+def recorded_data(meta: CheckpointMeta) -> tuple[Path, str | None] | None:
+    """The validation images a checkpoint was trained with, when they can still be read here:
+    the recorded folder, or the embedded set when the model was trained on it (its training set's
+    fingerprint matches: the synthetic images are never used for a model they did not train)."""
+    prov = meta.provenance or {}
+    rec, val_split = prov.get("data"), prov.get("val_split")
+    if isinstance(rec, str) and Path(rec).is_dir():
+        return Path(rec), val_split if D.has_split(Path(rec), val_split) else None
+    train_set = prov.get("train_set") or {}
+    if (EMBEDDED_DATA / "images").is_dir() and isinstance(train_set, dict) and train_set.get("sha256"):
+        try:
+            ours = D.fingerprint(D.discover(EMBEDDED_DATA, prov.get("train_split")))["sha256"]
+        except DataError:
+            return None
+        if ours == train_set["sha256"]:
+            return EMBEDDED_DATA, val_split if D.has_split(EMBEDDED_DATA, val_split) else None
+    return None
 
 
-def parity_samples(data: str | Path | None, split: str | None, limit: int) -> list[D.Sample]:
-    root = Path(data) if data else default_data()
-    if data is None and split is None:
-        split = "val"
+def parity_samples(data: str | Path | None, split: str | None, limit: int,
+                   meta: CheckpointMeta | None = None) -> list[D.Sample]:
+    """The images for the parity check and the drift statistics: the user's (``data``), else the
+    validation images recorded in the checkpoint if readable here; never a guess."""
+    if data is None:
+        found = recorded_data(meta) if meta is not None else None
+        if found is None:
+            raise ConfigError("export needs real images for its parity check and the drift guard's statistics: "
+                              "pass --data DIR (the images this model will see; masks optional) and --split NAME; "
+                              "the checkpoint records no training data that can be read here")
+        data, rec_split = found
+        split = split or rec_split
+        log.warning("parity check and drift statistics on %s%s (recorded in the checkpoint)", data.name,
+                    f" split {split}" if split else "")
+    root = Path(data)
     labelled = (root / "masks").is_dir()
     samples = D.discover(root, split, require_masks=labelled)
     return samples[:limit] if limit else samples
@@ -91,12 +114,17 @@ def input_stats_for(samples: list[D.Sample], what: str = "parity images") -> dic
 def export_bundle(checkpoint: str | Path, out: str | Path, cfg: ExportConfig = ExportConfig(),
                   data: str | Path | None = None, split: str | None = None, limit: int = 16,
                   tol: Tolerance | None = None, model=None, meta: CheckpointMeta | None = None,
-                  extra_manifest: dict | None = None) -> tuple[Path, dict]:
-    """Export a checkpoint to a verified bundle. Returns (bundle path, parity report)."""
+                  extra_manifest: dict | None = None, overwrite: bool = False) -> tuple[Path, dict]:
+    """Export a checkpoint to a verified bundle. Returns (bundle path, parity report).
+
+    ``out`` must be new, or an earlier bundle when ``overwrite``: checked before any work."""
+    from edgeseg.outputs import check_output
+
     checkpoint = Path(checkpoint) if checkpoint else None
+    check_output(out, "bundle", inputs=[checkpoint, data], overwrite=overwrite)
     if model is None:
         model, meta = load_checkpoint(checkpoint)
-    samples = parity_samples(data, split, limit)
+    samples = parity_samples(data, split, limit, meta)
     pp = meta.preprocess
     info = {"preprocess": pp.to_dict(), "classes": meta.classes, "colors": [list(c) for c in meta.colors]}
     tol = tol or Tolerance.for_precision("fp16" if cfg.fp16 else "fp32")

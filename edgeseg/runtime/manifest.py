@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field, fields, replace
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 from edgeseg.runtime.errors import BundleError
@@ -164,8 +165,10 @@ class Manifest:
         return Manifest.from_dict(new.to_dict(writer_keys=False), "derived manifest", written=False)
 
     def sealed(self, files: dict[str, str]) -> "Manifest":
-        """The manifest as the writer stores it: these file digests and its own checksum."""
-        body = replace(self, files=dict(files), manifest_sha256=None, schema_version=SCHEMA_VERSION)
+        """The manifest as the writer stores it: these file digests and its own checksum, and no
+        absolute path of the machine that made it (each becomes its last component)."""
+        body = replace(self, files=dict(files), manifest_sha256=None, schema_version=SCHEMA_VERSION,
+                       sections=portable(self.sections))
         return replace(body, manifest_sha256=manifest_digest(body.to_dict()))
 
     # --- read access for JSON-shaped sections ----------------------------------------------
@@ -194,6 +197,22 @@ class Manifest:
         if cfg is not None and not (isinstance(cfg, dict) and all(isinstance(k, str) for k in cfg)):
             raise BundleError("manifest: 'onnxruntime.session_config' must map names to values")
         return dict(cfg or {})
+
+
+def portable(o: Any) -> Any:
+    """A copy of JSON ``o`` in which every absolute file-system path (POSIX or Windows) is reduced
+    to its last component: a shipped manifest names its sources by name and sha256, not by where
+    they lay on the workstation that made it."""
+    if isinstance(o, dict):
+        return {k: portable(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [portable(v) for v in o]
+    if isinstance(o, str) and "\n" not in o and len(o) < 4096:
+        for flavour in (PurePosixPath, PureWindowsPath):
+            p = flavour(o)
+            if p.is_absolute() and len(p.parts) > 1:
+                return p.name
+    return o
 
 
 def check_schema(version: Any, where: str) -> None:

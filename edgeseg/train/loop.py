@@ -134,9 +134,9 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     num_classes = len(cfg.classes)
     pp = Preprocess(height=cfg.size, width=cfg.size)
 
-    train_s = D.discover(cfg.data, cfg.train_split if _has_split(cfg.data, cfg.train_split) else None)
-    val_s = D.discover(cfg.data, cfg.val_split) if _has_split(cfg.data, cfg.val_split) else []
-    if cfg.train_split and not _has_split(cfg.data, cfg.train_split):
+    train_s = D.discover(cfg.data, cfg.train_split if D.has_split(cfg.data, cfg.train_split) else None)
+    val_s = D.discover(cfg.data, cfg.val_split) if D.has_split(cfg.data, cfg.val_split) else []
+    if cfg.train_split and not D.has_split(cfg.data, cfg.train_split):
         log.warning("no split %r in %s: training on every image and validating on the same", cfg.train_split,
                     cfg.data)
     if not val_s:
@@ -291,10 +291,6 @@ def fit(model, xs: np.ndarray, ys: np.ndarray, val_orig, val_names, pp: Preproce
 
             shutil.rmtree(out / R.RESUME_DIR, ignore_errors=True)
     return out
-
-
-def _has_split(root, split) -> bool:
-    return split is not None and (Path(split).is_file() or (Path(root) / "splits" / f"{split}.txt").is_file())
 
 
 def _round(summary: dict) -> dict:
