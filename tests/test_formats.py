@@ -60,3 +60,14 @@ def test_unknown_paths_list_what_is_expected(tmp_path):
             open_model(p)
         assert "\n" not in str(e.value)
     assert "checkpoint" not in expected("runtime") and "bundle" in expected("runtime")
+
+
+def test_every_runner_implements_the_interface(tiny_bundle, tiny_ckpt):
+    from edgeseg.runtime.runners.base import Runner
+    from edgeseg.runtime.runners.tensorrt import TensorRTRunner
+
+    for seg in (open_model(tiny_bundle), open_model(tiny_ckpt)):
+        assert isinstance(seg.runner, Runner)
+        out = seg.runner.infer(np.zeros((1, 3, 64, 64), np.float32))
+        assert all(isinstance(v, np.ndarray) for v in out.values())
+    assert all(callable(getattr(TensorRTRunner, m)) for m in ("infer", "close"))
