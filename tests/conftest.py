@@ -10,7 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED = ROOT / "calibration_data"
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# real data (Kvasir-SEG, BUSI, MoNuSeg folders): $EDGESEG_DATA, else ../shared/data beside the clone
+SHARED_DATA = Path(os.environ.get("EDGESEG_DATA") or ROOT.parent / "shared" / "data")
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -31,7 +32,7 @@ def embedded() -> Path:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data not present at {SHARED_DATA}")
+        pytest.skip(f"real data not present at {SHARED_DATA} (set EDGESEG_DATA to the folder holding kvasir-seg/)")
     return SHARED_DATA
 
 
@@ -66,3 +67,24 @@ def run_cli(*args, env=None, cwd=None):
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def pytest_collection_modifyitems(config, items):
+    """Markers from what a test needs: `data` for tests using the real data; `cuda` and `jetson`
+    tests skip with the reason when the hardware is absent (`pytest -ra` lists them)."""
+    cuda = jetson = None
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.data)
+        if item.get_closest_marker("cuda") is not None:
+            if cuda is None:
+                import torch
+
+                cuda = torch.cuda.is_available()
+            if not cuda:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU visible to torch (none here)"))
+        if item.get_closest_marker("jetson") is not None:
+            if jetson is None:
+                jetson = Path("/etc/nv_tegra_release").is_file()
+            if not jetson:
+                item.add_marker(pytest.mark.skip(reason="needs an NVIDIA Jetson (/etc/nv_tegra_release absent)"))
