@@ -14,6 +14,7 @@ EMBEDDED = ROOT / "calibration_data"
 SHARED_DATA = Path(os.environ.get("EDGESEG_DATA") or ROOT.parent / "shared" / "data")
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+pytest.register_assert_rewrite("badinput")  # the bad-input catalogue's shared helpers
 
 
 def write_img(path: Path, arr: np.ndarray) -> Path:
