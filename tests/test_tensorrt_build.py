@@ -21,8 +21,10 @@ from edgeseg.runtime.errors import MissingDependency
 
 
 def test_missing_tensorrt_is_a_dependency_error_naming_the_extra(monkeypatch, bundle, tmp_path):
+    from edgeseg.errors import DependencyError
+
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    with pytest.raises(MissingDependency, match=r"pip install edgeseg\[tensorrt\]"):
+    with pytest.raises(DependencyError, match=r"pip install edgeseg\[tensorrt\]"):
         xtrt.build_engine(bundle, tmp_path / "m.engine")
 
 

@@ -20,6 +20,7 @@ from edgeseg.export.tensorrt.rules import (ALIASES, DEFAULT_BATCH, DEFAULT_WORKS
                                            validate_batch)
 from edgeseg.export.tensorrt.sidecar import sidecar_content
 from edgeseg.runtime.bundle import Bundle, read_bundle
+from edgeseg.runtime.errors import MissingDependency
 from edgeseg.runtime.files import atomic_write_bytes, atomic_write_json
 from edgeseg.runtime.runners.cuda import device_info
 from edgeseg.runtime.runners.tensorrt import import_tensorrt, parse_version, sidecar_path, trt_logger
@@ -126,7 +127,10 @@ def build_engine(bundle_dir: str | Path, out: Path, precision: str = "auto",
     _check_bundle_onnx(bundle, info)
     profile = profile_shapes(info.input_shape, bundle.preprocess.height, bundle.preprocess.width, batch)
 
-    trt = import_tensorrt()
+    try:
+        trt = import_tensorrt()
+    except MissingDependency as exc:  # the toolkit's kind of it (a subclass: both excepts catch it)
+        raise DependencyError(str(exc)) from None
     try:
         version = parse_version(trt.__version__)
     except ValueError:
