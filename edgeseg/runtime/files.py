@@ -4,7 +4,8 @@
   it into place only when everything succeeded; a killed run leaves the old result or nothing.
 - :func:`atomic_write_bytes` / :func:`atomic_write_text` / :func:`atomic_write_json`: the same
   for one file (write, fsync, rename).
-- :func:`read_json`: a JSON file, or one clear error naming the file and what is wrong with it.
+- :func:`read_json`: a JSON file, or one clear error naming the file and what is wrong with it
+  (malformed, nested too deeply, NaN/Infinity, not UTF-8); :func:`decode_text` the same for text.
 - :func:`sha256_file`, :func:`size_mb`: checksums and sizes. Sizes are **MB = 10^6 bytes**
   everywhere in edgeseg (reports say "MB"); never MiB.
 - :func:`json_clean`: replace NaN/inf by ``None`` so that JSON edgeseg writes is valid JSON.
@@ -81,13 +82,11 @@ def _depth(o: Any, limit: int) -> None:
 def parse_json(text: str | bytes, what: str, error: Callable[[str], Exception] = ValueError,
                expect: type | None = dict) -> Any:
     """Parse JSON text; any problem becomes ``error("<what>: <reason>")``."""
+    if isinstance(text, bytes):
+        text = decode_text(text, what, error)
     try:
-        if isinstance(text, bytes):
-            text = text.decode("utf-8")
-        obj = json.loads(text, parse_constant=_refuse_constant)
+        obj = json.loads(text.removeprefix("\ufeff"), parse_constant=_refuse_constant, parse_float=_finite)
         _depth(obj, MAX_JSON_DEPTH)
-    except UnicodeDecodeError:
-        raise error(f"{what} is not UTF-8 text (save it as UTF-8)") from None
     except RecursionError:
         raise error(f"{what} is not usable JSON: nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError is a ValueError
@@ -96,6 +95,41 @@ def parse_json(text: str | bytes, what: str, error: Callable[[str], Exception] =
         raise error(f"{what} must hold a JSON {'object' if expect is dict else expect.__name__}, "
                     f"got {type(obj).__name__}")
     return obj
+
+
+_BOMS = ((b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe\x00\x00", "UTF-32"), (b"\xfe\xff", "UTF-16"),
+         (b"\xff\xfe", "UTF-16"))
+
+
+def decode_text(data: bytes, what: str, error: Callable[[str], Exception] = ValueError,
+                other_encodings: bool = False) -> str:
+    """UTF-8 text (a leading BOM dropped); any other encoding raises ``error`` with one line naming
+    ``what`` and the encoding to use. ``other_encodings``: also read UTF-16/UTF-32 files that start
+    with their byte-order mark (unambiguous) instead of refusing them."""
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            if other_encodings:
+                try:
+                    return data.decode(name.replace("-", "").lower())
+                except UnicodeDecodeError:
+                    break
+            raise error(f"{what} is {name} text; save it as UTF-8")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                    "save it as UTF-8") from None
+    if "\x00" in text:
+        hint = "; UTF-16 without a byte-order mark?" if text.count("\x00") * 3 > len(text) else ""
+        raise error(f"{what} contains NUL bytes (a binary file{hint}); save it as UTF-8 text")
+    return text.removeprefix("\ufeff")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as inf
+        raise ValueError(f"{text} is out of the range of a number (it would read as infinity)")
+    return value
 
 
 def _refuse_constant(name: str):
