@@ -98,7 +98,7 @@ def main() -> None:
             seg = open_model(path, threads=a.threads)
             rows[name] = {"dice": per_image_dice(seg, test),
                           "latency": p50(seg, timing_images, a.threads, runs=a.runs),
-                          "size_mb": (path / "model.onnx").stat().st_size / 2**20,
+                          "size_mb": (path / "model.onnx").stat().st_size / 1e6,  # MB = 10^6 bytes
                           "precision": read_bundle(path).precision}
     ref = rows["pytorch_eager_fp32"]["dice"]
     summary = {}

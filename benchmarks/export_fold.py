@@ -53,7 +53,7 @@ def main() -> None:
             res[f"parity_{name}"] = rep
             res["latency_ms"][f"onnxruntime_fp32_{name}"] = p50(open_model(out, threads=a.threads), images,
                                                                 a.threads, runs=a.runs)
-            res[f"onnx_size_mb_{name}"] = (out / "model.onnx").stat().st_size / 2**20
+            res[f"onnx_size_mb_{name}"] = (out / "model.onnx").stat().st_size / 1e6
     lat = res["latency_ms"]
     res["fold_flops_ratio"] = res["macs"]["plain"] / res["macs"]["folded"]
     res["fold_latency_speedup"] = lat["onnxruntime_fp32_plain"]["model"]["p50_ms"] / lat["onnxruntime_fp32_folded"]["model"]["p50_ms"]

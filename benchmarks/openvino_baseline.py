@@ -70,11 +70,11 @@ def run() -> None:
         if name == "openvino_nncf_int8":
             path = WORK / "int8.xml"
             ov.save_model(model, str(path))
-            res[name]["size_mb"] = (path.with_suffix(".bin").stat().st_size + path.stat().st_size) / 2**20
+            res[name]["size_mb"] = (path.with_suffix(".bin").stat().st_size + path.stat().st_size) / 1e6
         else:
             path = WORK / "fp32.xml"
             ov.save_model(model, str(path), compress_to_fp16=False)
-            res[name]["size_mb"] = (path.with_suffix(".bin").stat().st_size + path.stat().st_size) / 2**20
+            res[name]["size_mb"] = (path.with_suffix(".bin").stat().st_size + path.stat().st_size) / 1e6
     np.savez(WORK / "outputs.npz", **outs)
     (WORK / "timing.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))

@@ -541,8 +541,28 @@ def distill(
                f"best epoch vs {sel.get('start_agreement', 0):.4f} at the start); checkpoint: {path}")
 
 
-def main() -> None:  # pragma: no cover
-    app(prog_name="edgeseg")
+def main() -> None:  # pragma: no cover - run as a subprocess by the tests
+    """The ``edgeseg`` command: click's usage errors (unknown option, missing argument, bad
+    choice) become one ``error:`` line naming the help to read, like every other bad input."""
+    try:  # typer >= 0.2x vendors click as typer._click; older ones use click itself
+        from typer._click import exceptions as click_exc
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click_exc
+
+    try:
+        rc = app(prog_name="edgeseg", standalone_mode=False)
+    except click_exc.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `edgeseg` or `edgeseg CMD`: the help is the answer
+            typer.echo(exc.format_message())
+            sys.exit(0)
+        where = exc.ctx.command_path if exc.ctx is not None else "edgeseg"
+        msg = " ".join(exc.format_message().split())
+        typer.echo(f"error: {msg[0].lower() + msg[1:] if msg else msg} (see `{where} --help`)", err=True)
+        rc = EXIT_BAD_INPUT
+    except click_exc.Abort:
+        typer.echo("error: interrupted", err=True)
+        rc = 130
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

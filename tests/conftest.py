@@ -57,6 +57,28 @@ def tiny_bundle(tiny_ckpt, tmp_path_factory) -> Path:
     return out
 
 
+def rgb(h=40, w=56, seed=0) -> np.ndarray:
+    """A random HxWx3 uint8 image."""
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def mask01(h=40, w=56, value=255) -> np.ndarray:
+    """A rectangle of ``value`` on zeros, the size of :func:`rgb`'s default image."""
+    m = np.zeros((h, w), np.uint8)
+    m[h // 4:h * 5 // 8, w // 5:w * 5 // 7] = value
+    return m
+
+
+def one_line_error(r, contains: str) -> str:
+    """A finished CLI subprocess that failed with exactly one ``error:`` line containing CONTAINS."""
+    assert r.returncode != 0, r.stdout
+    assert "Traceback" not in r.stderr, r.stderr
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1, r.stderr
+    assert contains.lower() in err[0].lower(), r.stderr
+    return err[0]
+
+
 def run_cli(*args, env=None, cwd=None):
     """Run the installed CLI in a subprocess: the way users run it."""
     exe = Path(sys.executable).with_name("edgeseg")

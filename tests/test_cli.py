@@ -6,16 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import run_cli, write_img
-
-
-def one_line_error(r, contains):
-    assert r.returncode != 0
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    err = [ln for ln in lines if ln.startswith("error:") or ln.startswith("Error:")]
-    assert err, r.stderr
-    assert "Traceback" not in r.stderr
-    assert contains.lower() in err[-1].lower(), r.stderr
+from conftest import one_line_error, run_cli, write_img
 
 
 def test_evaluate_writes_json_and_csv(tiny_bundle, embedded, tmp_path):
@@ -82,3 +73,22 @@ def test_bad_classes_and_format(tiny_ckpt, embedded, tmp_path):
 
 def test_train_size_must_be_multiple_of_32(embedded, tmp_path):
     one_line_error(run_cli("train", embedded, "-o", tmp_path / "x", "--size", "50"), "multiple of 32")
+
+
+def test_usage_errors_are_one_line_and_name_the_help(tiny_ckpt):
+    line = one_line_error(run_cli("evaluate", tiny_ckpt), "missing argument")
+    assert "edgeseg evaluate --help" in line
+    one_line_error(run_cli("frobnicate"), "no such command")
+    one_line_error(run_cli("train", "x", "--lr", "abc"), "--lr")
+
+
+def test_version_and_python_dash_m():
+    import subprocess
+    import sys
+
+    from edgeseg import __version__
+
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"edgeseg {__version__}"
+    r = subprocess.run([sys.executable, "-m", "edgeseg", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "compress" in r.stdout and "Usage: edgeseg" in r.stdout

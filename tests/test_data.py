@@ -1,19 +1,18 @@
 import numpy as np
 import pytest
 
+import conftest
 from conftest import write_img
 from edgeseg.data import folders as D
 from edgeseg.errors import DataError
 
 
 def rgb(h=20, w=30, seed=0):
-    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    return conftest.rgb(h, w, seed)
 
 
 def mask01(h=20, w=30):
-    m = np.zeros((h, w), np.uint8)
-    m[5:12, 8:20] = 1
-    return m
+    return conftest.mask01(h, w, value=1)
 
 
 def test_same_name_masks_in_masks_folder(tmp_path):

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+import conftest
 from conftest import write_img
 from edgeseg.errors import ConfigError, DataError
 from edgeseg.outputs import MARKER
@@ -12,8 +13,8 @@ from edgeseg.predict import predict_folder
 from edgeseg.runners import model_id, open_model
 
 
-def rgb(seed=0, h=30, w=40):
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+def rgb(seed=0):
+    return conftest.rgb(30, 40, seed)
 
 
 @pytest.fixture()
