@@ -15,8 +15,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeseg.errors import ModelError
-from edgeseg.runtime.files import atomic_dir, atomic_write_json
+from edgeseg.checks import integer
+from edgeseg.errors import ConfigError, EdgesegError, ModelError
+from edgeseg.model.variants import check_config_dict
+from edgeseg.runtime.files import atomic_dir, atomic_write_json, read_json
 from edgeseg.runtime.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -54,17 +56,73 @@ class CheckpointMeta:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CheckpointMeta":
+    def from_dict(cls, d: dict, where: str = META_FILE) -> "CheckpointMeta":
+        """Checked: each field has its type (one ModelError line naming ``where`` and the field)."""
+        if not isinstance(d, dict):
+            raise ModelError(f"{where} must hold a JSON object, got {type(d).__name__}")
         if d.get("format") != META_FORMAT:
-            raise ModelError(f"{META_FILE}: unknown format {d.get('format')!r} (this edgeseg reads {META_FORMAT})")
+            raise ModelError(f"{where}: unknown format {d.get('format')!r} (this edgeseg reads {META_FORMAT})")
+        for key in ("metrics", "provenance", "training"):
+            if not isinstance(d.get(key, {}), dict):
+                raise ModelError(f"{where}: '{key}' must be a JSON object, got {type(d[key]).__name__}")
         return cls(
-            preprocess=Preprocess.from_dict(d.get("preprocess", {})),
-            classes=list(d.get("classes", ["background", "foreground"])),
-            colors=[tuple(c) for c in d.get("colors", [])],
+            preprocess=_preprocess(d.get("preprocess", {}), where),
+            classes=_classes(d.get("classes", ["background", "foreground"]), where),
+            colors=_colors(d.get("colors", []), where),
             metrics=d.get("metrics", {}),
             provenance=d.get("provenance", {}),
             training=d.get("training", {}),
         )
+
+
+def _preprocess(p, where: str) -> Preprocess:
+    if not isinstance(p, dict):
+        raise ModelError(f"{where}: 'preprocess' must be a JSON object, got {type(p).__name__}")
+    for key in ("mean", "std"):
+        v = p.get(key, [0.5] * 3)
+        if not isinstance(v, list) or len(v) != 3 or any(isinstance(x, bool) or not isinstance(x, (int, float))
+                                                         for x in v):
+            raise ModelError(f"{where}: preprocess '{key}' must list three numbers, got {v!r}"[:300])
+    try:
+        return Preprocess.from_dict(p)
+    except EdgesegError as exc:
+        raise ModelError(f"{where}: preprocess: {exc}") from None
+
+
+def _classes(v, where: str) -> list[str]:
+    if (not isinstance(v, list) or len(v) < 2 or not all(isinstance(c, str) and c for c in v)
+            or len(set(v)) != len(v)):
+        raise ModelError(f"{where}: 'classes' must list at least two distinct class names, got {v!r}"[:300])
+    return list(v)
+
+
+def _colors(v, where: str) -> list[tuple[int, int, int]]:
+    ok = isinstance(v, list) and all(
+        isinstance(c, list) and len(c) == 3
+        and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 255 for x in c) for c in v)
+    if not ok:
+        raise ModelError(f"{where}: 'colors' must list [r, g, b] triples of whole numbers 0-255, got {v!r}"[:300])
+    return [tuple(c) for c in v]
+
+
+def read_config(path: Path) -> dict:
+    """A checkpoint's ``config.json``, checked: a JSON object whose fields have their types."""
+    cfg = path / "config.json"
+    d = read_json(cfg, ModelError, what=str(cfg))
+    archs = d.get("architectures")
+    if archs is not None and (not isinstance(archs, list) or not all(isinstance(a, str) for a in archs)):
+        raise ModelError(f"{cfg}: 'architectures' must list class names, got {archs!r}"[:300])
+    if d.get("model_type") != "segformer":
+        return d  # the caller names what it is instead
+    if "num_labels" in d:
+        integer("num_labels", d["num_labels"], 1, 10_000, error=lambda m: ModelError(f"{cfg}: {m}"))
+    if not isinstance(d.get("id2label", {}), dict):
+        raise ModelError(f"{cfg}: 'id2label' must map class indices to names, got {type(d['id2label']).__name__}")
+    try:
+        check_config_dict(d, str(cfg), heads=not d.get("edgeseg_widths"))
+    except ConfigError as exc:
+        raise ModelError(str(exc)) from None
+    return d
 
 
 def _check_dir(path: Path) -> dict:
@@ -75,10 +133,7 @@ def _check_dir(path: Path) -> dict:
     cfg = path / "config.json"
     if not cfg.is_file():
         raise ModelError(f"{path} has no config.json: not a Hugging Face checkpoint")
-    try:
-        d = json.loads(cfg.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ModelError(f"{cfg} is not valid JSON") from None
+    d = read_config(path)
     if d.get("model_type") != "segformer":
         raise ModelError(f"{path} holds a {d.get('model_type')!r} model, not a SegFormer")
     archs = d.get("architectures") or ["SegformerForSemanticSegmentation"]
@@ -115,26 +170,30 @@ def read_meta(path: str | Path) -> CheckpointMeta:
     path = Path(path)
     mp = path / META_FILE
     if mp.is_file():
-        try:
-            return CheckpointMeta.from_dict(json.loads(mp.read_text()))
-        except json.JSONDecodeError:
-            raise ModelError(f"{mp} is not valid JSON") from None
+        return CheckpointMeta.from_dict(read_json(mp, ModelError, what=str(mp)), str(mp))
     # A plain HF checkpoint: take what its files say, and say that we did.
-    d = json.loads((path / "config.json").read_text())
+    d = read_config(path)
     id2label = d.get("id2label") or {}
     n = int(d.get("num_labels", len(id2label) or 2))
     classes = [str(id2label.get(str(i), f"class_{i}")) for i in range(n)]
     pp = Preprocess()
     ppf = path / "preprocessor_config.json"
     if ppf.is_file():
-        p = json.loads(ppf.read_text())
-        size = p.get("size", {})
-        pp = Preprocess(height=int(size.get("height", pp.height)), width=int(size.get("width", pp.width)),
-                        mean=tuple(p.get("image_mean", pp.mean)), std=tuple(p.get("image_std", pp.std)))
+        pp = _hf_preprocess(read_json(ppf, ModelError, what=str(ppf)), pp, str(ppf))
     else:
         log.warning("%s has no %s or preprocessor_config.json: assuming %dx%d input with ImageNet mean/std",
                     path, META_FILE, pp.height, pp.width)
     return CheckpointMeta(preprocess=pp, classes=classes, recorded=False)
+
+
+def _hf_preprocess(p: dict, default: Preprocess, where: str) -> Preprocess:
+    """A Hugging Face ``preprocessor_config.json`` as our Preprocess (size, mean, std), checked."""
+    size = p.get("size", {})
+    if not isinstance(size, dict):
+        raise ModelError(f"{where}: 'size' must be an object with height and width, got {size!r}"[:300])
+    return _preprocess({"height": size.get("height", default.height), "width": size.get("width", default.width),
+                        "mean": p.get("image_mean", list(default.mean)), "std": p.get("image_std", list(default.std))},
+                       where)
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu"):

@@ -33,9 +33,9 @@ _PER_BLOCK = {"hidden_sizes": 4096, "depths": 64, "num_attention_heads": 64, "sr
 _FRACTIONS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob", "drop_path_rate")
 
 
-def check_config_dict(d: dict, where: str) -> None:
+def check_config_dict(d: dict, where: str, heads: bool = True) -> None:
     """Refuse a SegFormer config whose fields have the wrong type, length or range (one line,
-    naming ``where`` and the field)."""
+    naming ``where`` and the field). ``heads``: also that the heads divide each block's width."""
     def err(msg: str) -> ConfigError:
         return ConfigError(f"{where}: {msg}")
 
@@ -50,9 +50,9 @@ def check_config_dict(d: dict, where: str) -> None:
             raise err(f"{name} must list {blocks} whole numbers (one per encoder block), got {v!r}"[:300])
         for x in v:
             integer(name, x, 1, top, error=err)
-    heads, sizes = d.get("num_attention_heads"), d.get("hidden_sizes")
-    if isinstance(heads, list) and isinstance(sizes, list) and any(s % h for s, h in zip(sizes, heads)):
-        raise err(f"num_attention_heads {heads} must divide hidden_sizes {sizes} block by block")
+    heads_, sizes = d.get("num_attention_heads"), d.get("hidden_sizes")
+    if heads and isinstance(heads_, list) and isinstance(sizes, list) and any(s % h for s, h in zip(sizes, heads_)):
+        raise err(f"num_attention_heads {heads_} must divide hidden_sizes {sizes} block by block")
     if "decoder_hidden_size" in d:
         integer("decoder_hidden_size", d["decoder_hidden_size"], 1, 8192, error=err)
     if d.get("num_channels", 3) != 3:
