@@ -22,11 +22,13 @@ import cv2
 import numpy as np
 
 from edgeseg.errors import DataError
+from edgeseg.runtime.files import decode_text
 from edgeseg.runtime.preprocess import MAX_IMAGE_PIXELS
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+MAX_SPLIT_BYTES = 64 * 10**6
 _MASK_SUFFIX = re.compile(r"^(?P<base>.*)_mask(?:_(?P<n>\d+))?$")
 
 
@@ -72,9 +74,18 @@ def _key(path: Path, root: Path) -> str:
 
 
 def read_split(path: Path) -> list[str]:
+    """Names in a split file: UTF-8 (a BOM, CRLF or CR line endings are fine; UTF-16/32 with
+    their BOM are read too); other encodings and binary files are refused naming the file."""
     if not path.is_file():
         raise DataError(f"split file not found: {path}")
-    names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    if path.stat().st_size > MAX_SPLIT_BYTES:
+        raise DataError(f"split file {path} is larger than {MAX_SPLIT_BYTES // 10**6} MB: not a list of names")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read split file {path}: {exc.strerror or exc}") from None
+    text = decode_text(data, f"split file {path}", DataError, other_encodings=True)
+    names = [ln.strip() for ln in text.splitlines()]
     names = [n for n in names if n and not n.startswith("#")]
     if not names:
         raise DataError(f"split file is empty: {path}")

@@ -1,6 +1,7 @@
 """The regression gate: compare a bench result with a saved one (``edgeseg bench --baseline``).
 
-:func:`load_result` reads a saved ``edgeseg bench --json`` file (schema ``edgeseg.bench/1``);
+:func:`load_result` reads a saved ``edgeseg bench --json`` file (schema ``edgeseg.bench/1``) and
+checks the types of the fields the comparison reads;
 :func:`compare_baseline` lists what got slower or less accurate, allowing for the noise each
 run measured (its robust spread). Rows whose timing was marked noisy are still compared, and
 the comparison says so in a warning.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from edgeseg.checks import number
 from edgeseg.errors import ConfigError
 from edgeseg.runtime.files import read_json
 
@@ -25,10 +27,42 @@ def load_result(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"baseline file not found: {path}")
     d = read_json(path, ConfigError, what=f"baseline {path}")
-    if d.get("schema") != SCHEMA or not isinstance(d.get("rows"), list):
+    if d.get("schema") != SCHEMA:
         raise ConfigError(f"baseline {path} is not an edgeseg bench result (expected schema {SCHEMA!r}); "
                           "write one with `edgeseg bench ... --json FILE`")
+    _check_rows(d.get("rows"), f"baseline {path}")
     return d
+
+
+def _check_rows(rows, where: str) -> None:
+    """The fields the comparison reads have their types: a hand-edited or foreign file gives one
+    line, never a TypeError deep inside the comparison."""
+    def bad(what: str) -> ConfigError:
+        return ConfigError(f"{where}: {what}; write the baseline with `edgeseg bench ... --json FILE`")
+
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise bad("'rows' must be a list of JSON objects")
+    for i, r in enumerate(rows):
+        for key in ("name", "model", "backend"):
+            if r.get(key) is not None and not isinstance(r[key], str):
+                raise bad(f"rows[{i}].{key} must be a string, got {r[key]!r}")
+        if r.get("dice") is not None:
+            number(f"rows[{i}].dice", r["dice"], 0.0, 1.0, error=bad)
+        lat = r.get("latency") or {}
+        if not isinstance(lat, dict):
+            raise bad(f"rows[{i}].latency must be a JSON object (batch size -> timings)")
+        for bs, parts in lat.items():
+            if not isinstance(parts, dict):
+                raise bad(f"rows[{i}].latency[{bs}] must be a JSON object")
+            if "error" in parts:
+                continue
+            for part in ("model", "e2e"):
+                t = parts.get(part)
+                if not isinstance(t, dict):
+                    raise bad(f"rows[{i}].latency[{bs}].{part} must be a JSON object")
+                for key in ("p50_ms", "spread_ms"):
+                    if t.get(key) is not None:
+                        number(f"rows[{i}].latency[{bs}].{part}.{key}", t[key], 0.0, error=bad)
 
 
 def _row_key(row: dict) -> tuple[str, str]:
@@ -44,8 +78,8 @@ def compare_baseline(current: dict, baseline: dict, tol_rel: float = 0.10, tol_d
     robust spreads; Dice regresses when it is lower by more than ``tol_dice``.
     Raises ConfigError when no row matches (nothing would be checked).
     """
-    if tol_rel < 0 or tol_dice < 0:
-        raise ConfigError("baseline tolerances must be non-negative")
+    tol_rel = number("--tol", tol_rel, 0.0)  # a NaN tolerance would switch the gate off: refused
+    tol_dice = number("--tol-dice", tol_dice, 0.0, 1.0)
     base = {_row_key(r): r for r in baseline.get("rows", [])}
     matched = 0
     out: list[str] = []
