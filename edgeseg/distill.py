@@ -20,8 +20,10 @@ are the kept model's Dice against the ground truth; ``metrics.agreement`` its ag
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -103,22 +105,32 @@ def make_loss(teacher, cfg: DistillConfig, class_weights, dice_weight: float = 1
     return loss_fn
 
 
-def teacher_masks(teacher, meta, originals) -> list:
+def teacher_masks(teacher, meta, originals, progress: bool = False) -> list:
     """(image, the teacher's predicted mask at the image's size) for each (image, mask) pair,
     predicted the way every edgeseg model predicts (``Segmenter.predict``)."""
+    import sys
+
+    from tqdm import tqdm
+
     from edgeseg.runners import torch_segmenter
 
     seg = torch_segmenter(teacher.eval(), meta)
-    return [(im, np.asarray(seg.predict(im))) for im, _ in originals]
+    return [(im, np.asarray(seg.predict(im))) for im, _ in
+            tqdm(originals, desc="teacher masks", unit="img", disable=not progress, file=sys.stderr, leave=False)]
 
 
 def distill(student, teacher, meta, train: TrainConfig, dcfg: DistillConfig, teacher_path: str | Path | None = None,
-            student_note: str = "", overwrite: bool = False) -> Path:
+            student_note: str = "", overwrite: bool = False,
+            announce: Callable[[float, int], None] | None = None) -> Path:
     """Train ``student`` towards ``teacher`` on train.data; writes the kept student to train.out
     (the best epoch by agreement with the teacher, or the starting student when no epoch beats
     it; see the module doc) and returns that path. train.out follows the training output
     policy (``edgeseg.train.resume.plan``): new, an unfinished run with the same settings
-    (resumed), or with ``overwrite`` an earlier checkpoint to replace."""
+    (resumed), or with ``overwrite`` an earlier checkpoint to replace.
+
+    ``announce(seconds_per_step, steps)``, when given, is called before training starts with the
+    measured time of one training step (a few steps timed on a copy of the student) and the
+    number of steps the run will take, so the caller can say how long it will last."""
     from edgeseg.train import resume as R
 
     _, state = R.plan(train, overwrite=overwrite)
@@ -130,7 +142,7 @@ def distill(student, teacher, meta, train: TrainConfig, dcfg: DistillConfig, tea
     _, _, val_orig = load_arrays(val_s, pp, nc, keep_original=True)
     names = [s.name for s in val_s]
     device = train.device if train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    agree_pairs = teacher_masks(teacher, meta, val_orig)  # the teacher's masks as the target
+    agree_pairs = teacher_masks(teacher, meta, val_orig, train.progress)  # the teacher's masks as the target
     teacher.to(device)
     student.to(device)
     start_agreement = evaluate_model(student, agree_pairs, pp, nc, device, names=names)["mean_dice"]
@@ -138,6 +150,9 @@ def distill(student, teacher, meta, train: TrainConfig, dcfg: DistillConfig, tea
     student.train()
     cw = torch.tensor(class_weights_for(ys, nc), dtype=torch.float32, device=device)
     loss_fn = make_loss(teacher, dcfg, cw if train.class_weighting else None, train.dice_weight, student)
+    if announce is not None:
+        announce(_step_seconds(student, loss_fn, xs, ys, pp, train.batch_size, device),
+                 math.ceil(len(xs) / train.batch_size) * max(train.epochs - (state.epoch if state else 0), 0))
     provenance = {"distilled_from": {"path": Path(teacher_path).name if teacher_path else None,
                                      "sha256": checkpoint_sha256(teacher_path) if teacher_path else None,
                                      "provenance": meta.provenance},
@@ -147,6 +162,14 @@ def distill(student, teacher, meta, train: TrainConfig, dcfg: DistillConfig, tea
               extra_training={"distill": dcfg.__dict__, "val_metric": "agreement with the teacher's masks"},
               state=state)
     return _keep_better(out, student, start_state, start_agreement, val_orig, names, pp, nc, device)
+
+
+def _step_seconds(student, loss_fn, xs, ys, pp, batch_size: int, device) -> float:
+    from edgeseg.compress.progress import time_train_steps
+    from edgeseg.train.augment import to_tensor
+
+    x = to_tensor(torch.from_numpy(xs[:batch_size]), pp, device)
+    return time_train_steps(student, loss_fn, x, torch.from_numpy(ys[:batch_size]).to(device))
 
 
 def _keep_better(out: Path, student, start_state: dict, start_agreement: float, val_orig, names, pp, nc,

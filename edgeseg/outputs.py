@@ -2,7 +2,8 @@
 
 An output folder is either new (absent or empty), or one that the same kind of edgeseg command
 wrote earlier, recognised by its own signature (a checkpoint's ``edgeseg_checkpoint.json``, a
-bundle's ``edgeseg.json``, or the ``.edgeseg-output.json`` marker that other commands write).
+bundle's ``edgeseg.json``, or the ``.edgeseg-output.json`` marker that other commands write; a
+``compress`` folder made before it wrote a marker is known by its ``state.json``).
 Such a folder is replaced, atomically and only at the end, when the user says ``--overwrite``;
 otherwise it is refused with one line. A folder holding anything else is never touched, with
 or without ``--overwrite``. An output that is one of the command's inputs, lies inside one, or
@@ -23,6 +24,7 @@ from edgeseg.runtime.files import atomic_write_json, read_json
 MARKER = ".edgeseg-output.json"
 META_FILE = "edgeseg_checkpoint.json"  # the checkpoint's own record (edgeseg.model.checkpoint)
 BUNDLE_FILE = "edgeseg.json"
+COMPRESS_STATE = "state.json"  # edgeseg compress's record of its stages (edgeseg.compress.pipeline)
 
 
 def signature(path: Path) -> str | None:
@@ -37,6 +39,12 @@ def signature(path: Path) -> str | None:
         except ConfigError:
             return None
         return kind if isinstance(kind, str) else None
+    if (path / COMPRESS_STATE).is_file():  # a compress run from before the marker existed
+        try:
+            st = read_json(path / COMPRESS_STATE, error=ConfigError)
+        except ConfigError:
+            return None
+        return "compress" if {"checkpoint_sha256", "recipe", "stages"} <= set(st) else None
     return None
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
 from dataclasses import dataclass, field
 import torch
 from torch import nn
@@ -182,13 +183,15 @@ def _importance(name: str):
 
 
 def prune(model, cfg: PruneConfig, calib: torch.Tensor | None = None, teacher_logits: torch.Tensor | None = None,
-          guard=None):
+          guard=None, progress: bool = False):
     """Fold (if needed) and prune ``model`` in place; returns (model, report dict).
 
     ``calib`` (N,3,H,W) normalised images drive the data-driven (Taylor) importance; the loss is
     the cross-entropy against the unpruned model's own predictions, so no labels are needed.
+    ``progress``: a bar (stderr) over the steps of iterative pruning (``target_macs``).
     """
     import torch_pruning as tp
+    from tqdm import tqdm
 
     model = model.eval()
     fold_decode_head(model)
@@ -256,7 +259,8 @@ def prune(model, cfg: PruneConfig, calib: torch.Tensor | None = None, teacher_lo
         # iterative: a growing fraction of the configured ratios until the MACs target holds
         # with a ``guard(model) -> bool`` (the accuracy budget), stop at the strongest step it accepts
         guard_log = []
-        for k in range(cfg.steps):
+        for k in tqdm(range(cfg.steps), desc="prune: steps", unit="step", disable=not progress, file=sys.stderr,
+                      leave=False):
             macs, _ = count_macs_params(model, h, w)
             if macs <= cfg.target_macs * base_macs:
                 break

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -233,3 +234,142 @@ def test_weight_only_int8_target(tiny_ckpt, embedded, tmp_path):
     bare = Segmenter(b.model_file)
     assert bare.runner.session_config == {"session.disable_quant_qdq": "1"}
     assert "weight-only" in (tmp_path / "w/report.md").read_text()
+
+
+# --------------------------------------------------------------------------- the output folder
+def quick(embedded, **kw):
+    """The smallest honest run: no distillation, no INT8 (stages teacher, fold, prune, export)."""
+    return recipe(embedded, distill_epochs=0, int8=False, max_dice_drop=None, runs=2, warmup=0, **kw)
+
+
+def _tree(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_compress_refuses_foreign_folders_and_inputs_before_any_work(tiny_ckpt, embedded, tmp_path):
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("not edgeseg's")
+    for overwrite in (False, True):
+        with pytest.raises(ConfigError, match="files edgeseg did not write"):
+            Compressor(tiny_ckpt, foreign, quick(embedded), progress=False, overwrite=overwrite)
+        assert _tree(foreign) == {"mine.txt": b"not edgeseg's"}
+    # an earlier output of another command is not a compress output either
+    other = tmp_path / "pred"
+    other.mkdir()
+    (other / ".edgeseg-output.json").write_text(json.dumps({"kind": "predict"}))
+    with pytest.raises(ConfigError, match="an edgeseg predict output"):
+        Compressor(tiny_ckpt, other, quick(embedded), progress=False, overwrite=True)
+    # an output that is, lies inside or contains an input (teacher, data)
+    for out, how in ((tiny_ckpt, "is the input"), (tiny_ckpt / "c", "lies inside"),
+                     (embedded / "images" / "c", "lies inside"), (tiny_ckpt.parent, "contains")):
+        before = _tree(out.parent)
+        with pytest.raises(ConfigError, match=how):
+            Compressor(tiny_ckpt, out, quick(embedded), progress=False, overwrite=True)
+        assert _tree(out.parent) == before
+    train_copy = tmp_path / "train"
+    with pytest.raises(ConfigError, match="the input"):
+        Compressor(tiny_ckpt, train_copy / "out", quick(embedded, train=str(train_copy)), progress=False)
+
+
+def test_killed_compress_leaves_no_bundle_and_the_next_run_resumes(tiny_ckpt, embedded, tmp_path, monkeypatch,
+                                                                    caplog):
+    import edgeseg.export.pipeline as E
+
+    out = tmp_path / "o"
+
+    def killed(*a, **k):
+        raise RuntimeError("killed in the middle of the export stage")
+
+    monkeypatch.setattr(E, "export_bundle", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        Compressor(tiny_ckpt, out, quick(embedded), progress=False).run()
+    monkeypatch.undo()
+    assert not (out / "bundle").exists() and not (out / "stages/export").exists()
+    assert set(json.loads((out / "state.json").read_text())["stages"]) == {"teacher", "fold", "prune"}
+    leftover = tmp_path / ".o.tmp-killed"  # what a killed --overwrite run leaves beside OUT
+    (leftover / "stages").mkdir(parents=True)
+    with caplog.at_level("INFO", logger="edgeseg.compress.pipeline"):
+        rep = Compressor(tiny_ckpt, out, quick(embedded), progress=False).run()
+    for name in ("teacher", "fold", "prune"):
+        assert f"reusing stage {name} from a previous identical run" in caplog.text
+    assert "reusing stage export" not in caplog.text
+    assert [s["name"] for s in rep["stages"]] == ["teacher", "fold", "prune", "export"]
+    assert read_bundle(out / "bundle").precision == "fp32" and not leftover.exists()
+    # stage paths are recorded relative to OUT: the folder can be moved and still resumed
+    st = json.loads((out / "state.json").read_text())
+    assert st["stages"]["prune"]["path"] == "stages/prune" and not Path(st["stages"]["teacher"]["path"]).is_relative_to(out)
+
+
+def test_overwrite_replaces_an_earlier_compress_whole_and_only_at_the_end(tiny_ckpt, embedded, tmp_path,
+                                                                          monkeypatch):
+    import edgeseg.export.pipeline as E
+
+    out = tmp_path / "o"
+    Compressor(tiny_ckpt, out, quick(embedded), progress=False).run()
+    (out / "stages/old-only.txt").write_text("from the first run")
+    before = _tree(out)
+    with pytest.raises(ConfigError, match="prune_ratio: 0.5 -> 0.25") as e:  # changed recipe, no --overwrite
+        Compressor(tiny_ckpt, out, quick(embedded, prune_ratio=0.25), progress=False)
+    assert "--overwrite" in str(e.value)
+
+    def killed(*a, **k):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(E, "export_bundle", killed)
+    with pytest.raises(RuntimeError):
+        Compressor(tiny_ckpt, out, quick(embedded, prune_ratio=0.25), progress=False, overwrite=True).run()
+    monkeypatch.undo()
+    assert _tree(out) == before  # the previous result survives a failed --overwrite
+    assert [p.name for p in tmp_path.iterdir()] == ["o"]  # and no temporary folder is left
+    rep = Compressor(tiny_ckpt, out, quick(embedded, prune_ratio=0.25), progress=False, overwrite=True).run()
+    assert not (out / "stages/old-only.txt").exists()  # replaced whole, not merged
+    assert json.loads((out / "state.json").read_text())["recipe"]["prune_ratio"] == 0.25
+    assert rep["bundle"] == str(out / "bundle") and read_bundle(out / "bundle").manifest["recipe"]["prune_ratio"] == 0.25
+    assert json.loads((out / ".edgeseg-output.json").read_text())["kind"] == "compress"
+    assert [p.name for p in tmp_path.iterdir()] == ["o"]
+
+
+def test_compress_says_what_it_does_and_how_long_it_will_take(tiny_ckpt, embedded, tmp_path, capsys):
+    Compressor(tiny_ckpt, tmp_path / "o", quick(embedded), progress=True).run()
+    err = capsys.readouterr().err
+    lines = [ln.strip() for ln in err.replace("\r", "\n").splitlines() if ln.strip()]
+    plan = next(ln for ln in lines if ln.startswith("compress "))
+    assert "teacher, fold, prune, export" in plan and "about" in plan and "on this machine" in plan
+    for i, name in enumerate(("teacher", "fold", "prune", "export"), 1):
+        start = next(ln for ln in lines if ln.startswith(f"stage {i}/4 {name}:"))
+        assert "(about " in start
+        assert any(ln.startswith(f"{name} done in ") and "Dice" in ln for ln in lines)
+    assert any("scoring" in ln for ln in lines)  # a progress bar over the validation images
+    assert not any(ln.startswith(("{", "[")) for ln in lines)  # no raw JSON in the terminal
+    # a second, identical run says it reuses every stage; -q (progress=False) prints nothing
+    Compressor(tiny_ckpt, tmp_path / "o", quick(embedded), progress=True).run()
+    assert "every stage is reused" in capsys.readouterr().err
+    Compressor(tiny_ckpt, tmp_path / "o", quick(embedded), progress=False).run()
+    assert capsys.readouterr().err == ""
+
+
+def test_estimates_follow_the_work():
+    from edgeseg.compress.progress import Estimate, fmt_seconds
+
+    r = Recipe(distill_epochs=10, batch_size=8, runs=30, warmup=5)
+    e = Estimate(per_image_s=0.1, val_images=12, train_images=40, calib_images=16, recipe=r)
+    assert e.scoring() == pytest.approx(0.1 * (12 + 5 + 30))
+    assert e.distill_steps() == 50
+    guessed = e.distill()
+    e2 = Estimate(per_image_s=0.1, val_images=12, train_images=40, calib_images=16,
+                  recipe=Recipe(distill_epochs=20, batch_size=8, runs=30, warmup=5))
+    assert e2.distill() > 1.9 * guessed - 12 * 0.1 * 3  # twice the epochs, about twice the time
+    e.train_step_s = 2.0  # measured on the first steps: replaces the guess
+    assert e.distill() == pytest.approx(50 * 2.0 + 12 * 12 * 0.1)
+    assert all(e.stage(s) > 0 for s in ("teacher", "fold", "prune", "distill", "export", "quantize", "bundle"))
+    assert fmt_seconds(42) == "42 s" and fmt_seconds(150) == "2.5 min" and fmt_seconds(None) == "?"
+
+
+def test_the_demo_job_runs_every_stage():
+    from edgeseg.compress.pipeline import STAGES, default_job
+
+    teacher, job = default_job()
+    demo = Recipe(**job)
+    assert all(stage.enabled(demo) for stage in STAGES)  # honest: every stage runs
+    assert demo.int8 and demo.distill_epochs > 0 and demo.max_dice_drop is not None

@@ -88,7 +88,14 @@ def test_distill_pruned_student_end_to_end(tiny_ckpt, embedded, tmp_path):
     student, _ = prune(copy.deepcopy(teacher), PruneConfig(ratio=0.5, decoder_ratio=0.5), calib=calib)
     cfg = TrainConfig(data=str(embedded), out=str(tmp_path / "s"), size=64, epochs=2, batch_size=16,
                       warmup_steps=1, progress=False, classes=tuple(meta.classes))
-    out = distill(student.train(), teacher, meta, cfg, DistillConfig(feature_weight=0.1), tiny_ckpt)
+    announced = []
+    out = distill(student.train(), teacher, meta, cfg, DistillConfig(feature_weight=0.1), tiny_ckpt,
+                  announce=lambda step_s, steps: announced.append((step_s, steps)))
+    # before training, the measured time of a step and the number of steps (40 training images, batches of 16)
+    from edgeseg.data.folders import discover
+
+    n_train = len(discover(embedded, "train"))
+    assert len(announced) == 1 and announced[0][0] > 0 and announced[0][1] == -(-n_train // 16) * 2
     s, smeta = load_checkpoint(out)
     assert smeta.provenance["distilled_from"]["sha256"]
     assert smeta.training["distill"]["temperature"] == 2.0
@@ -180,3 +187,27 @@ def test_accuracy_guard_picks_the_strongest_pruning_step_it_accepts(calib):
     assert rep["macs_after"] == log[1]["macs"] > log[2]["macs"]
     _, free = prune(copy.deepcopy(m), PruneConfig(ratio=0.9, target_macs=0.2, steps=5), calib=calib)
     assert free["macs_after"] < rep["macs_after"]
+
+
+def test_timing_training_steps_leaves_the_student_and_the_rng_alone():
+    from edgeseg.compress.progress import time_train_steps
+
+    m = build_model("tiny").train()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 2, (2, 64, 64))
+    torch.manual_seed(3)
+    expected = torch.rand(1)
+    torch.manual_seed(3)
+    seconds = time_train_steps(m, lambda logits, x, y: torch.nn.functional.cross_entropy(
+        torch.nn.functional.interpolate(logits, size=y.shape[-2:]), y), x, y)
+    assert seconds > 0 and torch.equal(torch.rand(1), expected)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert all(p.grad is None for p in m.parameters())
+
+
+def test_iterative_pruning_shows_a_progress_bar(calib, capsys):
+    m = build_model("tiny").eval()
+    prune(copy.deepcopy(m), PruneConfig(ratio=0.9, target_macs=0.5, steps=3), calib=calib, progress=True)
+    assert "prune: steps" in capsys.readouterr().err
+    prune(copy.deepcopy(m), PruneConfig(ratio=0.9, target_macs=0.5, steps=3), calib=calib)
+    assert "prune: steps" not in capsys.readouterr().err

@@ -5,13 +5,16 @@ teacher exceeds the budget, return the blocks that hurt most to float until it h
 :func:`quantize_guarded` applies it to an exported FP32 bundle: it calibrates once
 (``edgeseg.quantize.Int8Quantizer``), builds and scores each candidate in a temporary folder,
 and writes the chosen one as an INT8 bundle (manifest by ``edgeseg.quantize.int8_manifest``).
-Weight-only targets quantize no activations, so they need no search.
+Weight-only targets quantize no activations, so they need no search. With a ``talk``
+(``edgeseg.compress.progress.Narrator``) it says when calibration starts and how long it took,
+and shows a bar over the candidates it builds and scores.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -65,7 +68,7 @@ def guard_fallback(groups: list[str], dice_of, teacher_dice: float, fp32_dice: f
 
 def quantize_guarded(export_dir: Path, q_dir: Path, *, target: str, method: str, calib, calib_info: dict,
                      dice_of_bundle: Callable[[Path], float], teacher_dice: float, fp32_dice: float,
-                     budget: float | None, work: Path) -> dict:
+                     budget: float | None, work: Path, talk=None) -> dict:
     """Write the INT8 bundle ``q_dir`` from the FP32 bundle ``export_dir``; returns the notes
     (recipe, method, calibration, and the guard's decisions). ``dice_of_bundle(path)`` scores
     a candidate bundle on the validation images; ``work`` holds the temporary candidates."""
@@ -82,11 +85,20 @@ def quantize_guarded(export_dir: Path, q_dir: Path, *, target: str, method: str,
         return {"recipe": target, "method": "none (weight-only)", "calibration": calib_info, "float_blocks": [],
                 "dice_fp32": fp32_dice}
 
+    say = talk.say if talk is not None else (lambda msg: None)
+    say(f"  quantize: calibrating INT8 ranges ({method}) on {len(calib)} images")
+    t0 = time.perf_counter()
     qz = Int8Quantizer(src.model_file, calib, target, method, calib_info=calib_info)
     groups = qz.node_groups()
+    more = "" if budget is None else (f"; when that costs more than the budget, one per block ({len(groups)}) to "
+                                      "find the sensitive ones, then one per block returned to float")
+    say(f"  quantize: calibrated in {time.perf_counter() - t0:.0f} s; the guard builds and scores an all-INT8 "
+        f"model{more}")
     notes: dict = {"recipe": target, "method": method, "calibration": calib_info}
     with tempfile.TemporaryDirectory(prefix=".edgeseg-q-", dir=work) as td:
         built: dict[tuple, Path] = {}
+
+        bar = talk.bar(total=None, desc="INT8 guard: candidates", unit="model") if talk is not None else None
 
         def dice_of(exclude: list[str]) -> float:
             tag = f"q{len(built)}"
@@ -97,9 +109,16 @@ def quantize_guarded(export_dir: Path, q_dir: Path, *, target: str, method: str,
                          int8_manifest(src.manifest, target, method=method, calib_info=calib_info,
                                        float_blocks=exclude, source_sha256=source_sha))
             built[tuple(exclude)] = bdir
-            return dice_of_bundle(bdir)
+            dice = dice_of_bundle(bdir)
+            if bar is not None:
+                bar.update(1)
+            return dice
 
-        excluded, _, guard = guard_fallback(list(groups), dice_of, teacher_dice, fp32_dice, budget)
+        try:
+            excluded, _, guard = guard_fallback(list(groups), dice_of, teacher_dice, fp32_dice, budget)
+        finally:
+            if bar is not None:
+                bar.close()
         notes.update(guard)
         chosen = built[tuple(excluded)]
         with atomic_dir(q_dir) as tmp:

@@ -4,9 +4,22 @@ The stages are one table, :data:`STAGES`: each entry is a function from the prev
 files to its own folder under ``OUT/stages/`` (written atomically), and returns a
 :class:`StageResult` (the stage scored on the user's labelled validation images, Dice/IoU at
 original size, and timed on this machine). A finished stage is recorded in
-``OUT/state.json``; an interrupted run resumes at the first unfinished stage and says which
-finished stages it reuses, repeating any warning they carried (e.g. INT8 slower than FP32).
-A resumed run with another recipe is refused with the options that changed.
+``OUT/state.json`` (its path relative to OUT); an interrupted run resumes at the first
+unfinished stage and says which finished stages it reuses, repeating any warning they carried
+(e.g. INT8 slower than FP32). A resumed run with another recipe is refused with the options
+that changed.
+
+OUT follows the one output-folder policy (``edgeseg.outputs``), checked before any work: a new
+folder, or one an earlier ``compress`` wrote (its ``.edgeseg-output.json`` marker), which is
+resumed, or with ``overwrite`` replaced whole: the new run then works in a temporary folder
+beside OUT that replaces it only at the end, so a failed run leaves the previous result. A
+folder holding anything else, or one that is, lies inside or contains an input (the teacher,
+the calibration, validation or training data) is refused. Leftovers of killed runs
+(``.OUT.tmp-*``) are removed when the next run starts; a killed run never leaves ``bundle/``.
+
+While it runs it says what it does (``edgeseg.compress.progress``): a plan line with the whole
+run's estimated duration on this machine, one line as each stage starts (what it does, about
+how long) and ends (how long it took, its Dice and latency), and progress bars for the loops.
 
 The recipe is ``edgeseg.compress.recipe``; the INT8 guard ``edgeseg.compress.guard``; the
 headline, tables and plot ``edgeseg.compress.report``. ``edgeseg prune`` and ``edgeseg
@@ -18,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,14 +38,16 @@ from typing import Callable
 
 import numpy as np
 
-from edgeseg.compress.recipe import Recipe
+from edgeseg.compress.progress import Estimate, Narrator, fmt_seconds, per_image_seconds
+from edgeseg.compress.final import final_bundle
+from edgeseg.compress.recipe import Recipe, default_job
 from edgeseg.compress.report import markdown_report, plot_stages
 from edgeseg.data import folders as D
 from edgeseg.errors import ConfigError
 from edgeseg.model.checkpoint import CheckpointMeta, checkpoint_sha256, load_checkpoint, save_checkpoint
 from edgeseg.runners import open_model, torch_segmenter
-from edgeseg.runtime.bundle import read_bundle, write_bundle
-from edgeseg.runtime.files import atomic_write_json, atomic_write_text, read_json, size_mb
+from edgeseg.outputs import MARKER, check_output, mark
+from edgeseg.runtime.files import atomic_dir, atomic_write_json, atomic_write_text, clean_leftovers, read_json, size_mb
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +90,7 @@ class Stage:
 
 # --------------------------------------------------------------------------- file-to-file steps
 def prune_checkpoint(src: str | Path, out: str | Path, cfg, calib: np.ndarray | None = None, guard=None,
-                     meta: CheckpointMeta | None = None) -> tuple[Path, dict]:
+                     meta: CheckpointMeta | None = None, progress: bool = False) -> tuple[Path, dict]:
     """Prune the checkpoint ``src`` (folded first, as pruning needs) into the checkpoint ``out``.
     ``cfg`` is a ``PruneConfig``; ``calib`` (N, 3, H, W) float32 images for data-driven steps.
     Returns (out, the pruning report)."""
@@ -86,14 +100,15 @@ def prune_checkpoint(src: str | Path, out: str | Path, cfg, calib: np.ndarray | 
 
     model, src_meta = load_checkpoint(src)
     meta = copy.deepcopy(meta or src_meta)
-    model, rep = prune(model.eval(), cfg, calib=None if calib is None else torch.from_numpy(calib), guard=guard)
+    model, rep = prune(model.eval(), cfg, calib=None if calib is None else torch.from_numpy(calib), guard=guard,
+                       progress=progress)
     meta.provenance = {**meta.provenance, "stage": "prune", "prune": rep}
     save_checkpoint(model, meta, out)
     return Path(out), rep
 
 
 def distill_checkpoint(teacher: str | Path, student: str | Path, train_cfg, dcfg, student_note: str = "",
-                       overwrite: bool = False) -> Path:
+                       overwrite: bool = False, announce=None) -> Path:
     """Distil the checkpoint ``student`` towards the checkpoint ``teacher`` into the checkpoint
     ``train_cfg.out`` (see ``edgeseg.distill.distill``: best epoch by agreement with the teacher,
     never worse than the starting student without saying so)."""
@@ -102,7 +117,7 @@ def distill_checkpoint(teacher: str | Path, student: str | Path, train_cfg, dcfg
     t_model, meta = load_checkpoint(teacher)
     s_model, _ = load_checkpoint(student)
     return distill(s_model.train(), t_model, meta, train_cfg, dcfg, teacher, student_note=student_note,
-                   overwrite=overwrite)
+                   overwrite=overwrite, announce=announce)
 
 
 # --------------------------------------------------------------------------- the stages
@@ -132,7 +147,8 @@ def _prune(c: "Compressor", src: Path, out: Path) -> StageResult:
 
         def guard(m):
             return t_dice - c.dice(torch_segmenter(m, c.meta)) <= r.max_dice_drop
-    _, rep = prune_checkpoint(src, out, pcfg, calib=c.calib[:16], guard=guard, meta=c.meta_with({}))
+    _, rep = prune_checkpoint(src, out, pcfg, calib=c.calib[:16], guard=guard, meta=c.meta_with({}),
+                              progress=c.progress)
     model, _ = load_checkpoint(out)
     return c.torch_stage("prune", model, out, t0, notes={"prune": rep})
 
@@ -150,7 +166,13 @@ def _distill(c: "Compressor", src: Path, out: Path) -> StageResult:
     dcfg = DistillConfig(temperature=r.temperature, alpha=r.alpha, feature_weight=r.feature_weight)
     # an unrecorded earlier attempt: resume it when it stopped early, else start it again
     redo = out.exists() and not (out / ".resume").is_dir()
-    distill_checkpoint(c.checkpoint, src, tcfg, dcfg, student_note="pruned teacher", overwrite=redo)
+    def announce(step_s: float, steps: int) -> None:
+        c.estimate.train_step_s = step_s
+        c.talk.say(f"  distill: {steps} training steps at {step_s:.2f} s each (measured on the first steps): "
+                   f"about {fmt_seconds(c.estimate.distill())} in all")
+
+    distill_checkpoint(c.checkpoint, src, tcfg, dcfg, student_note="pruned teacher", overwrite=redo,
+                       announce=announce)
     model, meta = load_checkpoint(out)
     sel = (meta.training or {}).get("selection") or {}
     notes = {"distill": asdict(dcfg), "epochs": r.distill_epochs, "train_split": train_split, "selection": sel}
@@ -166,7 +188,9 @@ def _export(c: "Compressor", src: Path, out: Path) -> StageResult:
     from edgeseg.export.pipeline import export_bundle
 
     t0 = time.time()
-    _, rep = export_bundle(src, out, ExportConfig(fold=True), data=c.recipe.val, split=c.recipe.val_split, limit=16)
+    # a bundle left by an earlier attempt that stopped before recording the stage is ours to replace
+    _, rep = export_bundle(src, out, ExportConfig(fold=True), data=c.recipe.val, split=c.recipe.val_split, limit=16,
+                           overwrite=out.exists())
     return c.onnx_stage("export", out, "fp32", t0, notes={"parity": rep})
 
 
@@ -177,7 +201,7 @@ def _quantize(c: "Compressor", src: Path, out: Path) -> StageResult:
     notes = quantize_guarded(src, out, target=r.target, method=r.calib_method, calib=c.calib,
                              calib_info=c.calib_info, dice_of_bundle=lambda b: c.dice(open_model(b, threads=r.threads)),
                              teacher_dice=c.results["teacher"].dice, fp32_dice=c.results["export"].dice,
-                             budget=r.max_dice_drop, work=c.out)
+                             budget=r.max_dice_drop, work=c.work, talk=c.talk)
     res = c.onnx_stage("quantize", out, "int8", t0, notes=notes)
     fp32 = c.results["export"].p50_ms
     if res.p50_ms and fp32 and res.p50_ms > fp32:  # recorded in the state: repeated when the stage is reused
@@ -199,14 +223,19 @@ STAGES: tuple[Stage, ...] = (
 
 
 class Compressor:
-    def __init__(self, checkpoint: str | Path, out: str | Path, recipe: Recipe, progress: bool = True) -> None:
+    """One compression run into ``out``; see the module doc for the output policy and what it
+    says while it runs. ``overwrite`` replaces an earlier compress output whole (at the end)."""
+
+    def __init__(self, checkpoint: str | Path, out: str | Path, recipe: Recipe, progress: bool = True,
+                 overwrite: bool = False) -> None:
         self.checkpoint = Path(checkpoint)
         self.out = Path(out)
+        self.work = self.out  # where this run writes: OUT, or a temporary folder replacing it at the end
         self.recipe = recipe
         self.progress = progress
-        self.stages_dir = self.out / "stages"
-        self.state_file = self.out / "state.json"
+        self.talk = Narrator(progress)
         self.teacher, self.meta = load_checkpoint(self.checkpoint)
+        self.mode = check_output(self.out, "compress", inputs=self._inputs(), overwrite=overwrite, resumable=True)
         self.pp = self.meta.preprocess
         self.val = D.discover(recipe.val or self._need("val"), recipe.val_split)
         self.calib_root = recipe.calib or self._need("calib")
@@ -218,37 +247,51 @@ class Compressor:
     def _need(self, what: str):
         raise ConfigError(f"--{what} DIR is required (a folder of real, labelled images for {what})")
 
+    def _inputs(self) -> list:
+        r = self.recipe
+        data = self.meta.provenance.get("data") if r.train is None and r.distill_epochs > 0 else None
+        return [self.checkpoint, r.calib, r.val, r.train, data if isinstance(data, str) else None]
+
+    @property
+    def stages_dir(self) -> Path:
+        return self.work / "stages"
+
+    @property
+    def state_file(self) -> Path:
+        return self.work / "state.json"
+
     def _load_state(self) -> dict:
         sha = checkpoint_sha256(self.checkpoint)
-        if self.state_file.is_file():
+        if self.mode == "resume" and self.state_file.is_file():
             st = read_json(self.state_file, ConfigError)
             if st.get("checkpoint_sha256") != sha:
-                raise ConfigError(f"{self.out} holds a compression of another checkpoint; choose another -o")
+                raise ConfigError(f"{self.out} holds a compression of another checkpoint; choose another -o, or "
+                                  "pass --overwrite to replace it")
             changed = self.recipe.diff(st.get("recipe") or {})
             if changed:
                 raise ConfigError(f"{self.out} was started with a different recipe ({'; '.join(changed)}); use the "
-                                  "same options to resume, or another -o")
+                                  "same options to resume, another -o, or --overwrite to replace it")
             return st
-        return {"checkpoint": str(self.checkpoint), "checkpoint_sha256": sha, "recipe": self.recipe.to_dict(),
+        return {"checkpoint": self.checkpoint.name, "checkpoint_sha256": sha, "recipe": self.recipe.to_dict(),
                 "stages": {}}
 
-    def _say(self, msg: str) -> None:
-        log.info("%s", msg)
-        if self.progress:
-            print(msg, file=sys.stderr)
+    def _path(self, recorded: str) -> Path:
+        """A stage's recorded path: relative to OUT (the stages), or the teacher's own path."""
+        p = Path(recorded)
+        return p if p.is_absolute() else self.work / p
 
     def _done(self, name: str) -> StageResult | None:
         d = self.state["stages"].get(name)
-        if d and Path(d["path"]).exists():
+        if d and self._path(d["path"]).exists():
             return StageResult(**d)
         return None
 
-    def _record(self, res: StageResult) -> StageResult:
+    def _record(self, res: StageResult, seconds: float) -> StageResult:
         self.state["stages"][res.name] = asdict(res)
-        self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.state_file, self.state)
-        self._say(f"stage {res.name}: Dice {_num(res.dice, '.4f')}, p50 {_num(res.p50_ms, '.1f')} ms"
-                  f" ({_num(res.seconds, '.0f')} s)")
+        drop = "" if res.dice_drop is None else f" ({-res.dice_drop:+.4f} vs the teacher)"
+        self.talk.say(f"  {res.name} done in {fmt_seconds(seconds)}: Dice {_num(res.dice, '.4f')}{drop}, "
+                      f"p50 {_num(res.p50_ms, '.1f')} ms, {_num(res.size_mb, '.2f')} MB")
         return res
 
     def val_pairs(self):
@@ -264,14 +307,16 @@ class Compressor:
 
         acc = MetricAccumulator(num_classes=len(self.meta.classes))
         per = {}
-        for n, img, gt in self.val_pairs():
+        for n, img, gt in self.talk.bar(self.val_pairs(), desc=f"{name}: scoring"):
             row = acc.add(seg.predict(img), gt, name=n)
             per[n] = row["dice"] if "dice" in row else float("nan")
         s = acc.summary()
         timing = time_model(seg, [p[1] for p in self.val_pairs()[:8]], warmup=self.recipe.warmup,
                             runs=self.recipe.runs, keep_times=False, threads=self.recipe.threads)
         lat = timing.first.model
-        res = StageResult(name=name, path=str(path), params=params, gflops=None if macs is None else 2 * macs / 1e9,
+        path = Path(path)
+        rel = str(path.relative_to(self.work)) if self.work in path.parents else str(path.resolve())
+        res = StageResult(name=name, path=rel, params=params, gflops=None if macs is None else 2 * macs / 1e9,
                           size_mb=_model_mb(path), runner=seg.runner.name, precision=precision,
                           p50_ms=lat.p50_ms, p90_ms=lat.p90_ms, spread_ms=lat.spread_ms,
                           noisy_reason=timing.noisy_reason, dice=s["mean_dice"], iou=s["mean_iou"],
@@ -307,36 +352,82 @@ class Compressor:
         from edgeseg.runtime.metrics import MetricAccumulator
 
         acc = MetricAccumulator(num_classes=len(self.meta.classes))
-        for n, img, gt in self.val_pairs():
+        for n, img, gt in self.talk.bar(self.val_pairs(), desc="scoring"):
             acc.add(seg.predict(img), gt, name=n)
         return acc.summary()["mean_dice"]
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict:
-        # read and check the calibration images first: a bad calibration folder is refused
-        # before any stage writes anything
+        # read and check the calibration images (and where distillation's data is) first: bad
+        # options are refused before any stage writes anything
         from edgeseg.quantize import load_calibration
 
         r = self.recipe
         self.calib, self.calib_info = load_calibration(self.calib_root, self.pp, count=r.calib_count,
                                                        split=r.calib_split, seed=r.seed)
+        stages = [s for s in STAGES if s.enabled(r)]
+        train_images = len(D.discover(*self.train_data()[:2])) if r.distill_epochs > 0 else 0
+        if self.mode != "replace":
+            clean_leftovers(self.out)
+            return self._run(self.out, stages, train_images)
+        self.talk.say(f"--overwrite: the new result replaces {self.out} when it is complete")
+        with atomic_dir(self.out) as tmp:
+            report = self._run(tmp, stages, train_images)
+        self.work = self.out
+        return report
+
+    def _run(self, work: Path, stages: list[Stage], train_images: int) -> dict:
+        self.work = work
+        work.mkdir(parents=True, exist_ok=True)
+        if not (work / MARKER).is_file():
+            mark(work, "compress", teacher=self.checkpoint.name)
+        atomic_write_json(self.state_file, self.state)
+        todo = [s for s in stages if self._done(s.name) is None]
+        self.estimate = Estimate(per_image_s=per_image_seconds(torch_segmenter(self.teacher, self.meta),
+                                                               self.val_pairs()[0][1]) if todo else 0.0,
+                                 val_images=len(self.val), train_images=train_images,
+                                 calib_images=int(self.calib.shape[0]), recipe=self.recipe)
+        self._plan(stages, todo)
         src = self.checkpoint
-        for stage in STAGES:
-            if not stage.enabled(r):
-                continue
+        for i, stage in enumerate(stages, 1):
             out = self.checkpoint if stage.name == "teacher" else self.stages_dir / stage.name
             res = self._done(stage.name)
             if res is not None:
-                self._say(f"reusing stage {stage.name} from a previous identical run ({res.path})")
+                self.talk.say(f"stage {i}/{len(stages)} {stage.name}: reusing stage {stage.name} from a previous "
+                              f"identical run ({res.path})")
             else:
-                res = self._record(stage.run(self, src, out))
+                with self.talk.stage(i, len(stages), stage.name, self.estimate.stage(stage.name)):
+                    res = stage.run(self, src, out)
+                res = self._record(res, self.talk.last_elapsed)
             for key in ("warning", "kept_start"):  # said again when a finished stage is reused
                 if res.notes.get(key):
                     log.warning("%s: %s", stage.name, res.notes[key])
             self.results[stage.name] = res
-            src = Path(res.path)
-        self._final_bundle(src, self.out / "bundle")
-        return self._report()
+            src = self._path(res.path)
+        t0 = time.perf_counter()
+        self.talk.say("finishing: " + _WHAT_BUNDLE)
+        final_bundle(self, src, work / "bundle")
+        report = self._report()
+        self.talk.say(f"  done in {fmt_seconds(time.perf_counter() - t0)}")
+        return report
+
+    def _plan(self, stages: list[Stage], todo: list[Stage]) -> None:
+        r = self.recipe
+        names = []
+        for s in stages:
+            names.append({"distill": f"distill ({r.distill_epochs} epochs on {self.estimate.train_images} images)",
+                          "quantize": f"quantize (INT8, target {r.target})"}.get(s.name, s.name))
+        line = (f"compress {self.checkpoint.name} -> {self.out}: {', '.join(names)}, then the bundle; every stage "
+                f"scored on {len(self.val)} validation images and timed ({r.warmup} + {r.runs} runs, "
+                f"{r.threads or 'all'} threads)")
+        reused = len(stages) - len(todo)
+        if not todo:
+            self.talk.say(f"{line}; every stage is reused from a previous identical run")
+            return
+        total = sum(self.estimate.stage(s.name) for s in todo) + self.estimate.stage("bundle")
+        self.talk.say(f"{line}{f'; reusing {reused} finished stage(s)' if reused else ''}; about "
+                      f"{fmt_seconds(total)} on this machine (the teacher takes "
+                      f"{self.estimate.per_image_s * 1000:.0f} ms per image here)")
 
     # ------------------------------------------------------------------ helpers
     def meta_with(self, extra: dict) -> CheckpointMeta:
@@ -355,42 +446,6 @@ class Compressor:
         raise ConfigError("distillation needs labelled training images: pass --train DIR "
                           "(the teacher's checkpoint does not say where its training data is)")
 
-    def _final_bundle(self, src_dir: Path, out: Path) -> Path:
-        results = self.results
-        src = read_bundle(src_dir)
-        m = src.manifest
-        changes: dict = {"recipe": _portable_recipe(self.recipe), "calibration": self.calib_info,
-                         "stages": [_stage_summary(v) for v in results.values()]}
-        if "quantize" in results:
-            q = results["quantize"].notes
-            changes["quantization"] = {**m.get("quantization", {}),
-                                       **{k: q[k] for k in ("recipe", "method", "float_blocks", "dice_all_int8",
-                                                            "dice_fp32", "budget_missed_by") if k in q}}
-        changes["metrics"] = {**m.get("metrics", {}), "validation": {
-            "split": self.recipe.val_split, "images": len(self.val),
-            "dice": results[list(results)[-1]].dice, "teacher_dice": results["teacher"].dice}}
-        changes["provenance"] = {**m.get("provenance", {}), "teacher_checkpoint": self.checkpoint.name,
-                                 "teacher_sha256": self.state["checkpoint_sha256"]}
-        # [drift guard] the input statistics of the calibration images (not the export stage's parity
-        # images); None removes the export's statistics when the calibration set is too small
-        changes["input_stats"] = self._calibration_input_stats()
-        return write_bundle(out, {"model.onnx": src.model_file}, m.derive(**changes))
-
-    def _calibration_input_stats(self) -> dict | None:
-        """[drift guard] ``input_stats`` from the raw uint8 calibration images: the same images
-        ``load_calibration`` chose (same seeded choice, checked against its fingerprint)."""
-        from edgeseg.export.pipeline import input_stats_for
-
-        samples = D.discover(self.calib_root, split=self.recipe.calib_split, require_masks=False)
-        if len(samples) > self.recipe.calib_count:
-            rng = np.random.default_rng(self.recipe.seed)
-            keep = np.sort(rng.choice(len(samples), size=int(self.recipe.calib_count), replace=False))
-            samples = [samples[i] for i in keep]
-        if D.fingerprint(samples)["sha256"] != self.calib_info.get("sha256"):
-            raise ConfigError(f"the calibration images in {self.calib_root} changed during the run; "
-                              "rerun compress so the bundle's input statistics match its INT8 calibration")
-        return input_stats_for(samples, what="calibration images")
-
     def _report(self) -> dict:
         from edgeseg.measure.machine import machine_info
 
@@ -399,45 +454,20 @@ class Compressor:
                   "validation": {"data": self.recipe.val, "split": self.recipe.val_split, "images": len(self.val)},
                   "threads": self.recipe.threads, "machine": machine_info(),
                   "stages": [asdict(v) for v in self.results.values()]}
-        atomic_write_json(self.out / "report.json", report)
-        atomic_write_text(self.out / "report.md", markdown_report(report))
+        atomic_write_json(self.work / "report.json", report)
+        atomic_write_text(self.work / "report.md", markdown_report(report))
         try:
-            plot_stages(report, self.out / "dice_vs_latency.png")
+            plot_stages(report, self.work / "dice_vs_latency.png")
         except Exception as exc:  # noqa: BLE001 - a missing matplotlib must not lose the compression
             log.warning("no plot: %s", exc)
         return report
 
 
-EMBEDDED = Path(__file__).resolve().parents[2] / "calibration_data"
-
-
-def default_job() -> tuple[Path, dict]:
-    """The README's main job: the embedded demo teacher and the embedded synthetic image set."""
-    teacher = EMBEDDED / "teacher"
-    if not (teacher / "model.safetensors").is_file():
-        raise ConfigError(f"the embedded demo teacher is missing ({teacher}); run edgeseg from its source tree")
-    d = str(EMBEDDED)
-    return teacher, dict(calib=d, calib_split="calibration", calib_count=16, val=d, val_split="val", train=d,
-                         train_split="train", distill_epochs=15, runs=20)
+_WHAT_BUNDLE = "the final bundle (the last stage's model, the whole story in its manifest) and the report"
 
 
 def _num(v, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
-
-
-def _portable_recipe(r: Recipe) -> dict:
-    """The recipe for a bundle's manifest: data folders by name only (no absolute paths of the
-    machine that made it)."""
-    d = r.to_dict()
-    for k in ("calib", "val", "train"):
-        if d.get(k):
-            d[k] = Path(d[k]).name
-    return d
-
-
-def _stage_summary(s: StageResult) -> dict:
-    keys = ("name", "params", "gflops", "size_mb", "precision", "p50_ms", "dice", "iou", "dice_drop")
-    return {k: getattr(s, k) for k in keys}
 
 
 def _distribution(drops: list[float]) -> dict:

@@ -5,7 +5,7 @@ A :class:`Recipe` comes from command-line flags (``Recipe(**flags)``) or a JSON 
 when it is built (unknown keys, wrong types, NaN and out-of-range numbers, unknown INT8
 targets: one ``ConfigError`` line each), and is recorded in ``OUT/state.json``. A resumed run
 compares its recipe with the recorded one; :meth:`Recipe.diff` names every option that
-changed, so the refusal can say which.
+changed, so the refusal can say which. :func:`default_job` is the demo's teacher and recipe.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Any
 
 from edgeseg.errors import ConfigError
 from edgeseg.runtime.files import read_json
+
+EMBEDDED = Path(__file__).resolve().parents[2] / "calibration_data"
 
 
 def target_names() -> tuple[str, ...]:
@@ -157,3 +159,17 @@ def _typed(name: str, value: Any, annotation: str, where: str) -> Any:
     elif base == "str" and not isinstance(value, str):
         raise bad()
     return value
+
+
+def default_job() -> tuple[Path, dict]:
+    """The README's main job (``edgeseg compress`` with no arguments): the embedded demo teacher
+    and the embedded synthetic image set, with settings sized for a demo of about two minutes on
+    two CPU cores (``benchmarks/demo_compress.py`` measures it). Only the demo uses them; every
+    stage still runs (4 distillation epochs, 10 timed runs per stage, the full INT8 guard):
+    a user's own compression keeps the :class:`Recipe` defaults."""
+    teacher = EMBEDDED / "teacher"
+    if not (teacher / "model.safetensors").is_file():
+        raise ConfigError(f"the embedded demo teacher is missing ({teacher}); run edgeseg from its source tree")
+    d = str(EMBEDDED)
+    return teacher, {"calib": d, "calib_split": "calibration", "calib_count": 16, "val": d, "val_split": "val",
+                     "train": d, "train_split": "train", "distill_epochs": 4, "runs": 10, "warmup": 3}
