@@ -9,12 +9,14 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from edgeseg.checks import check_options
 from edgeseg.quantize.targets import target_names
 from edgeseg.runtime.errors import EdgesegError
 
@@ -59,6 +61,7 @@ def command(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            check_options(fn.__name__, kwargs)  # NaN, inf, out of range: refused by name before any work
             return fn(*args, **kwargs)
         except EdgesegError as exc:
             msg = " ".join(str(exc).split())
@@ -150,8 +153,8 @@ def _spacing(value: Optional[str]):
         raise ConfigError(f"--spacing needs 'sy,sx' in physical units per pixel, got {value!r}") from None
     if len(parts) == 1:
         parts = parts * 2
-    if len(parts) != 2 or min(parts) <= 0:
-        raise ConfigError(f"--spacing needs two positive numbers 'sy,sx', got {value!r}")
+    if len(parts) != 2 or not all(math.isfinite(p) and p > 0 for p in parts):  # NaN > 0 is False too
+        raise ConfigError(f"--spacing needs two positive finite numbers 'sy,sx', got {value!r}")
     return tuple(parts)
 
 
@@ -350,7 +353,9 @@ def bench(
         None, help="ONNX Runtime backend, e.g. cpu or cuda,cpu; repeat to bench each ONNX model on several."),
     device: str = typer.Option("cpu", help="torch device for checkpoints."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure as JSON."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for bench.csv, bench.md and PNG plots."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for bench.csv, bench.md and PNG plots: new, or "
+                                       "an earlier bench --out with --overwrite."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out when it holds an earlier bench report."),
     baseline: Optional[Path] = typer.Option(None, help="A previous --json result: exit 1 on regressions."),
     tol: float = typer.Option(0.10, help="Allowed relative p50 slow-down vs --baseline (also >= 3x spread)."),
     tol_dice: float = typer.Option(0.01, help="Allowed Dice loss vs --baseline."),
@@ -372,12 +377,13 @@ def bench(
     base = load_result(baseline) if baseline else None
     if out:
         report.require_matplotlib()
+        report.check_report_dir(out, [*models, data, reference, baseline], overwrite, json_file=json_out)
     result = run_bench(models, data, split=split, reference=reference, config=cfg, progress=not quiet)
     typer.echo(report.format_table(result))
     if json_out:
         write_json(result, json_out)
     if out:
-        report.write_report(result, out)
+        report.write_report(result, out, overwrite=overwrite, inputs=[*models, data, reference, baseline])
     if base is not None:
         regressions = compare_baseline(result, base, tol_rel=tol, tol_dice=tol_dice)
         if regressions:
@@ -410,6 +416,8 @@ def compress(
     max_dice_drop: Optional[float] = typer.Option(None, help="Dice budget vs the teacher for the INT8 guard."),
     device: Optional[str] = typer.Option(None, help="Distillation device: cpu, cuda, auto."),
     threads: Optional[int] = typer.Option(None, help="Threads for timing and training."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT when it holds an earlier compress "
+                                   "output (the old one stays until the new run is complete)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ):
@@ -435,7 +443,7 @@ def compress(
         given = {**defaults, **given}
         typer.echo(f"no checkpoint given: compressing the embedded demo teacher {checkpoint}", err=True)
     rec = Recipe.from_file(recipe, **given) if recipe else Recipe(**given)
-    report = Compressor(checkpoint, out, rec, progress=not quiet).run()
+    report = Compressor(checkpoint, out, rec, progress=not quiet, overwrite=overwrite).run()
     from edgeseg.compress.report import terminal_table
 
     typer.echo(terminal_table(report))

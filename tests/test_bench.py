@@ -385,3 +385,76 @@ def test_sizes_are_megabytes_of_10_6_bytes(tmp_path):
 
     (tmp_path / "m.onnx").write_bytes(b"\0" * 2_500_000)
     assert model_size_mb(tmp_path / "m.onnx") == 2.5
+
+
+# --------------------------------------------------------------------------- the --out folder
+def _files(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_report_folder_follows_the_output_policy(result, tmp_path, monkeypatch):
+    from edgeseg.errors import ConfigError
+    from edgeseg.measure import report
+
+    res = result["json"]
+    out = tmp_path / "rep"
+    report.write_report(res, out, plots=False)
+    assert json.loads((out / ".edgeseg-output.json").read_text())["kind"] == "bench"
+    first = _files(out)
+    with pytest.raises(ConfigError, match="--overwrite"):  # an earlier report is never overwritten silently
+        report.write_report(res, out, plots=False)
+    assert _files(out) == first
+    (out / "stale.csv").write_text("from an older report")
+    # a failure while writing leaves the previous report as it was, and no temporary folder
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report, "write_markdown", broken)
+    with pytest.raises(OSError):
+        report.write_report(res, out, plots=False, overwrite=True)
+    monkeypatch.undo()
+    assert (out / "stale.csv").is_file() and [p.name for p in tmp_path.iterdir()] == ["rep"]
+    report.write_report(res, out, plots=False, overwrite=True)  # replaced whole, not merged
+    assert not (out / "stale.csv").exists() and (out / "bench.md").is_file()
+    # foreign folders are never touched, with or without --overwrite
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(ConfigError, match="files edgeseg did not write"):
+            report.write_report(res, foreign, plots=False, overwrite=overwrite)
+    assert _files(foreign) == {"mine.txt": b"mine"}
+
+
+def test_bench_out_is_checked_before_any_work(tiny_bundle, embedded, tmp_path):
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("mine")
+    for extra in ((), ("--overwrite",)):
+        r = run_cli("bench", tiny_bundle, "--data", embedded, "--split", "val", *TINY, "--out", foreign, *extra)
+        one_line_error(r, "files edgeseg did not write")
+        assert "p50" not in r.stdout  # refused before benchmarking anything
+    assert _files(foreign) == {"mine.txt": b"mine"}
+    one_line_error(run_cli("bench", tiny_bundle, "--data", embedded, "--split", "val", *TINY,
+                           "--out", embedded / "report"), "lies inside the input")
+    one_line_error(run_cli("bench", tiny_bundle, "--data", embedded, "--split", "val", *TINY,
+                           "--out", tiny_bundle.parent), "contains the input")
+    one_line_error(run_cli("bench", tiny_bundle, "--data", embedded, "--split", "val", *TINY,
+                           "--out", tmp_path / "r", "--json", tmp_path / "r/b.json"), "lies inside --out")
+    assert not (embedded / "report").exists() and not (tmp_path / "r").exists()
+
+
+def test_bench_out_again_needs_overwrite(result, tiny_bundle, embedded, tmp_path):
+    import shutil
+
+    rep = shutil.copytree(result["dir"] / "report", tmp_path / "report")  # an earlier bench --out
+    before = _files(rep)
+    one_line_error(run_cli("bench", tiny_bundle, "--data", embedded, "--split", "val", *TINY, "--out", rep),
+                   "--overwrite")
+    assert _files(rep) == before
+    (rep / "stale.txt").write_text("old")
+    r = run_cli("bench", tiny_bundle, "--data", embedded, "--split", "val", *TINY, "--out", rep, "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert not (rep / "stale.txt").exists() and (rep / "pareto.png").is_file()
+    assert len(list(csv.DictReader(open(rep / "bench.csv")))) == 1  # the new result, replaced whole

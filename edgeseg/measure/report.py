@@ -1,7 +1,8 @@
 """Present ``edgeseg.measure.bench`` results: terminal table, CSV, Markdown and PNG plots.
 
 Everything here reads the plain dict that ``bench`` returns (or its JSON file), so a report
-can be rebuilt later from a saved result. Tables carry p50, p90 and the robust spread; a row
+can be rebuilt later from a saved result. :func:`write_report` writes a ``--out`` folder whole
+(temporary folder, renamed at the end) under the one output-folder policy. Tables carry p50, p90 and the robust spread; a row
 timed on a busy machine gets a ``!`` and a warning line saying why; a figure that does not
 apply shows "—" and the reference's own drop columns say "reference". Sizes and memory are
 MB = 10^6 bytes. matplotlib is optional (``pip install
@@ -35,6 +36,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 
 NA = "—"
 REFERENCE = "reference"
+REPORT_KIND = "bench"  # the output-folder marker of a ``bench --out`` folder (edgeseg.outputs)
 
 
 def _fmt(value, spec: str) -> str:
@@ -335,13 +337,38 @@ def plot_pareto(result: dict, path: str | Path) -> Path:
     return save_figure(fig, Canvas, Path(path))
 
 
-def write_report(result: dict, out: str | Path, plots: bool = True) -> dict[str, Path]:
-    """CSV, Markdown and (with matplotlib) PNGs into ``out``; returns {kind: path}."""
+def check_report_dir(out: str | Path, inputs=(), overwrite: bool = False, json_file: str | Path | None = None) -> str:
+    """Before any work: ``out`` must be new, or an earlier ``bench --out`` report (its marker)
+    to replace when ``overwrite``; a folder of foreign files, or one that is, lies inside or
+    contains an input, is refused (one ``ConfigError`` line, see ``edgeseg.outputs``). A
+    ``json_file`` inside ``out`` is refused too: the folder is replaced whole."""
+    from edgeseg.errors import ConfigError
+    from edgeseg.outputs import check_output
+
+    if json_file is not None and Path(out).resolve() in Path(json_file).resolve().parents:
+        raise ConfigError(f"--json {json_file} lies inside --out {out}, which is replaced whole: write it elsewhere")
+    return check_output(out, REPORT_KIND, inputs=inputs, overwrite=overwrite, flag="--out")
+
+
+def write_report(result: dict, out: str | Path, plots: bool = True, overwrite: bool = False,
+                 inputs=()) -> dict[str, Path]:
+    """CSV, Markdown and (with matplotlib) PNGs into ``out``; returns {kind: path}.
+
+    ``out`` follows the one output-folder policy (:func:`check_report_dir`, checked before
+    anything is written): the files are written into a temporary folder beside it, marked as a
+    bench report, and renamed into place at the end, so a failure leaves the previous report."""
+    from edgeseg.outputs import mark
+    from edgeseg.runtime.files import atomic_dir
+
     out = Path(out)
     if plots:
         require_matplotlib()  # before writing anything
-    paths = {"csv": write_csv(result, out / "bench.csv"), "markdown": write_markdown(result, out / "bench.md")}
-    if plots:
-        paths["latency_png"] = plot_latency(result, out / "latency.png")
-        paths["pareto_png"] = plot_pareto(result, out / "pareto.png")
-    return paths
+    check_report_dir(out, inputs, overwrite)
+    with atomic_dir(out) as tmp:
+        names = {"csv": write_csv(result, tmp / "bench.csv").name,
+                 "markdown": write_markdown(result, tmp / "bench.md").name}
+        if plots:
+            names["latency_png"] = plot_latency(result, tmp / "latency.png").name
+            names["pareto_png"] = plot_pareto(result, tmp / "pareto.png").name
+        mark(tmp, REPORT_KIND, rows=[f"{r.get('name')} on {r.get('backend')}" for r in result.get("rows", [])])
+    return {k: out / n for k, n in names.items()}
