@@ -1,8 +1,9 @@
 """Numbers that come in from users (options, recipes, configs, saved results), checked by name.
 
 :func:`number` and :func:`integer` refuse NaN, infinities, booleans, strings and values out of
-their range with one ``ConfigError`` line that names the option; :func:`option` makes either a
-typer callback, so a command-line option is refused while it is parsed, before any work.
+their range with one ``ConfigError`` line that names the option. :data:`OPTION_RANGES` is the
+one table of what each numeric command-line option accepts; the CLI checks every parsed value
+against it (:func:`check_options`) before a command does any work.
 A NaN must never reach a comparison: ``x > nan`` is always false, so a NaN tolerance would
 quietly switch a gate off.
 """
@@ -50,20 +51,40 @@ def integer(name: str, value: Any, lo: int | None = None, hi: int | None = None,
     return int(number(name, int(value), lo, hi, error=error))
 
 
-def option(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False):
-    """A typer callback that checks a numeric option (None passes; for an int option the bounds are
-    inclusive and it stays an int)."""
-    import typer
+# Every numeric option of every command: (command, parameter) -> (lo, hi, lo_open, hi_open).
+# edgeseg.cli checks the values it parsed against this table before a command does any work
+# (tests/test_bad_inputs_numbers.py fails when an option is missing from it).
+AT_LEAST_1 = (1, None, False, False)
+AT_LEAST_0 = (0, None, False, False)
+FRACTION = (0.0, 1.0, False, True)  # [0, 1)
+OPTION_RANGES: dict[tuple[str, str], tuple] = {
+    **{(cmd, "threads"): AT_LEAST_1 for cmd in ("train", "evaluate", "predict", "bench", "compress", "distill")},
+    ("train", "size"): (32, 8192, False, False), ("train", "epochs"): AT_LEAST_1, ("train", "batch_size"): AT_LEAST_1,
+    ("train", "lr"): (0.0, 1.0, True, True), ("train", "warmup_steps"): AT_LEAST_0,
+    ("train", "time_budget"): (0.0, None, True, False), ("train", "seed"): (0, 2**32 - 1, False, False),
+    ("export", "opset"): (13, 23, False, False), ("export", "parity_images"): AT_LEAST_0,
+    ("export", "dla_core"): AT_LEAST_0,
+    ("quantize", "calib_count"): AT_LEAST_1,
+    ("bench", "runs"): AT_LEAST_1, ("bench", "warmup"): AT_LEAST_0, ("bench", "max_images"): AT_LEAST_1,
+    ("bench", "tol"): (0.0, None, False, False), ("bench", "tol_dice"): (0.0, 1.0, False, False),
+    ("compress", "calib_count"): AT_LEAST_1, ("compress", "prune_ratio"): FRACTION,
+    ("compress", "decoder_ratio"): FRACTION, ("compress", "target_macs"): (0.0, 1.0, True, True),
+    ("compress", "distill_epochs"): AT_LEAST_0, ("compress", "max_dice_drop"): FRACTION,
+    ("prune", "ratio"): FRACTION, ("prune", "decoder_ratio"): FRACTION, ("prune", "calib_count"): AT_LEAST_1,
+    ("distill", "epochs"): AT_LEAST_1, ("distill", "batch_size"): AT_LEAST_1, ("distill", "lr"): (0.0, 1.0, True, True),
+    ("distill", "temperature"): (0.0, 100.0, True, False), ("distill", "alpha"): (0.0, 1.0, False, False),
+}
 
-    def callback(param: typer.CallbackParam, value):
-        if value is None:
-            return value
-        name = max(param.opts, key=len) if param.opts else param.name
-        try:
-            if isinstance(value, int) and not isinstance(value, bool):
-                return integer(name, value, lo, hi)
-            return number(name, value, lo, hi, lo_open=lo_open, hi_open=hi_open)
-        except ConfigError as exc:
-            raise typer.BadParameter(str(exc).removeprefix(f"{name} ")) from None
 
-    return callback
+def check_options(command: str, values: dict[str, Any]) -> None:
+    """Check a command's parsed options against :data:`OPTION_RANGES` (None means "not given")."""
+    for key, value in values.items():
+        rng = OPTION_RANGES.get((command, key))
+        if rng is None or value is None:
+            continue
+        lo, hi, lo_open, hi_open = rng
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, int) and not isinstance(value, bool):
+            integer(flag, value, lo, hi)
+        else:
+            number(flag, value, lo, hi, lo_open=lo_open, hi_open=hi_open)

@@ -73,6 +73,13 @@ def command(fn):
         except MemoryError:
             typer.echo("error: out of memory (input too large?)", err=True)
             raise typer.Exit(EXIT_BAD_INPUT) from None
+        except OSError as exc:  # a full disk or read-only file system met outside edgeseg's own writers
+            from edgeseg.runtime.files import WRITE_ERRNOS
+
+            if exc.errno not in WRITE_ERRNOS:
+                raise
+            typer.echo(f"error: cannot write {exc.filename or 'the output'}: {exc.strerror}", err=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
 
     return app.command()(wrapper)
 
@@ -132,14 +139,19 @@ def train(
         augment=not no_augment, progress=not quiet,
     )
     path = run_train(cfg, overwrite=overwrite)
-    meta = json.loads((path / "edgeseg_checkpoint.json").read_text())
-    val = meta["metrics"].get("val", {})
+    from edgeseg.model.checkpoint import read_meta
+    from edgeseg.runtime.files import dumps
+
+    metrics = read_meta(path).metrics
+    val = metrics.get("val") or {}
     if json_out:
-        typer.echo(json.dumps({"checkpoint": str(path), "val": val, "epoch": meta["metrics"].get("epoch")}, indent=2))
+        typer.echo(dumps({"checkpoint": str(path), "val": val, "epoch": metrics.get("epoch")}))
     else:
-        typer.echo(f"checkpoint: {path}  (best epoch {meta['metrics'].get('epoch')}: val Dice "
-                   f"{val.get('mean_dice', float('nan')):.4f}, IoU {val.get('mean_iou', float('nan')):.4f}, "
-                   f"{val.get('n_images', '?')} images)")
+        def f4(v):  # a score that was undefined (NaN) is stored as null
+            return f"{v:.4f}" if isinstance(v, (int, float)) else "n/a"
+
+        typer.echo(f"checkpoint: {path}  (best epoch {metrics.get('epoch')}: val Dice {f4(val.get('mean_dice'))}, "
+                   f"IoU {f4(val.get('mean_iou'))}, {val.get('n_images', '?')} images)")
 
 
 def _spacing(value: Optional[str]):
@@ -193,11 +205,14 @@ def evaluate(
     from edgeseg.data import folders as D
     from edgeseg.evaluate import evaluate as run_eval
     from edgeseg.evaluate import format_table, write_json, write_rows_csv
+    from edgeseg.outputs import check_output_files
     from edgeseg.runners import open_model
 
+    check_output_files({"--json": json_out, "--csv": csv_out}, inputs=[model, data])  # before any work
+    pixel_spacing = _spacing(spacing)
     samples = D.discover(data, split, strict=strict)
     seg = open_model(model, providers=_providers(providers), threads=threads, device=device)
-    summary, rows, _ = run_eval(seg, samples, spacing=_spacing(spacing), progress=not quiet)
+    summary, rows, _ = run_eval(seg, samples, spacing=pixel_spacing, progress=not quiet)
     typer.echo(f"model: {model}  ({seg.runner.name})\ndata:  {data}" + (f"  split {split}" if split else ""))
     typer.echo(format_table(summary))
     if samples.skipped:
@@ -304,7 +319,9 @@ def export(
 
     cfg = ExportConfig(opset=opset, fp16=fp16, fold=fold, dynamic_hw=dynamic_hw, postprocess=postprocess)
     path, rep = export_bundle(model, out, cfg, data=data, split=split, limit=parity_images, overwrite=overwrite)
-    typer.echo(json.dumps({"bundle": str(path), "parity": rep}, indent=2))
+    from edgeseg.runtime.files import dumps
+
+    typer.echo(dumps({"bundle": str(path), "parity": rep}))  # NaN (an undefined score) printed as null
 
 
 @command
@@ -327,8 +344,13 @@ def quantize(
     Example: edgeseg quantize runs/b0 -o runs/b0-int8 --target cpu --calib data/kvasir --calib-split calibration
     """
     _setup_logging(verbose)
+    from edgeseg.outputs import check_output, check_output_file
     from edgeseg.quantize import quantize as run_quantize
 
+    if src.is_dir():  # the output policy, before any work: a bundle folder, or one .onnx file
+        check_output(out, "bundle", inputs=[src, calib], overwrite=overwrite)
+    else:
+        check_output_file(out, "-o", inputs=[src, calib])
     path = run_quantize(src, out, target, calib=calib, method=method, calib_split=calib_split,
                         calib_count=calib_count, overwrite=overwrite)
     result: dict = {"out": str(path)}
@@ -336,7 +358,9 @@ def quantize(
         from edgeseg.runtime.bundle import read_bundle
 
         result["quantization"] = read_bundle(path).manifest.get("quantization")
-    typer.echo(json.dumps(result, indent=2))
+    from edgeseg.runtime.files import dumps
+
+    typer.echo(dumps(result))
 
 
 @command
@@ -374,6 +398,9 @@ def bench(
     cfg = BenchConfig(runs=runs, warmup=warmup, batch_sizes=parse_batch_sizes(batch_sizes), threads=threads,
                       providers=tuple(tuple(_providers(p) or ["cpu"]) for p in (providers or ["cpu"])),
                       device=device, max_images=max_images)
+    from edgeseg.outputs import check_output_files
+
+    check_output_files({"--json": json_out}, inputs=[*models, data, reference, baseline])  # before any work
     base = load_result(baseline) if baseline else None
     if out:
         report.require_matplotlib()

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import csv
-import json
+import io
 import logging
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from edgeseg.data import folders as D
 from edgeseg.errors import DataError
+from edgeseg.runtime.files import atomic_write_json, atomic_write_text
 from edgeseg.runtime.metrics import MetricAccumulator
 from edgeseg.runtime.segmenter import Segmenter
 
@@ -38,35 +37,22 @@ def evaluate(seg: Segmenter, samples: list[D.Sample], spacing=None, progress: bo
 
 
 def write_rows_csv(rows: list[dict], path: str | Path) -> Path:
+    """Per-image rows as CSV, written atomically (a full disk leaves the old file or none)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
-    return path
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    return atomic_write_text(path, buf.getvalue())
 
 
 def write_json(obj, path: str | Path) -> Path:
+    """JSON written atomically; NaN and infinities become null (never the invalid token NaN)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
-    tmp.replace(path)
-    return path
-
-
-def _jsonable(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
+    return atomic_write_json(path, obj)
 
 
 def format_table(summary: dict) -> str:

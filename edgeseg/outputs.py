@@ -8,7 +8,8 @@ Such a folder is replaced, atomically and only at the end, when the user says ``
 otherwise it is refused with one line. A folder holding anything else is never touched, with
 or without ``--overwrite``. An output that is one of the command's inputs, lies inside one, or
 contains one is refused (predictions never land on the ground-truth masks); so is one under a
-file or in a folder that cannot be written.
+file or in a folder that cannot be written. :func:`check_output_file` applies the same rules to a
+single output file (``--json``, ``--csv``).
 """
 
 from __future__ import annotations
@@ -95,6 +96,47 @@ def check_output(out: str | Path, kind: str, inputs: Iterable[str | Path | None]
         return "resume"
     raise ConfigError(f"{flag} {out} holds an earlier edgeseg {kind} output; pass --overwrite to replace it, "
                       "or choose a new folder")
+
+
+def check_output_file(path: str | Path | None, flag: str, inputs: Iterable[str | Path | None] = ()) -> Path | None:
+    """The same policy for a single output file (``--json FILE``, ``--csv FILE``), checked before
+    any work: not a folder, not under a file, in a folder that exists or can be created and is
+    writable, and neither one of the inputs nor inside one. The file itself is then written
+    atomically (``edgeseg.runtime.files.atomic_write_*``). None passes through."""
+    if path is None:
+        return None
+    path = Path(path)
+    real = path.resolve()
+    for inp in inputs:
+        if inp is None:
+            continue
+        rel = _related(real, Path(inp).resolve())
+        if rel in ("is", "lies inside"):
+            raise ConfigError(f"{flag} {path} {rel} the input {inp}: write results outside the inputs "
+                              "(edgeseg never writes into what it reads)")
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; give a file name")
+    for parent in real.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder")
+    existing = next((p for p in real.parents if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: {existing} is not writable")
+    return path
+
+
+def check_output_files(files: dict[str, str | Path | None], inputs: Iterable[str | Path | None] = ()) -> None:
+    """:func:`check_output_file` for each ``{flag: path}`` given, and no two of them the same file."""
+    seen: dict[Path, str] = {}
+    inputs = list(inputs)
+    for flag, path in files.items():
+        if path is None:
+            continue
+        check_output_file(path, flag, inputs)
+        real = Path(path).resolve()
+        if real in seen:
+            raise ConfigError(f"{flag} and {seen[real]} name the same file {path}; give each its own")
+        seen[real] = flag
 
 
 def mark(folder: Path, kind: str, **info) -> Path:

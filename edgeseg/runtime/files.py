@@ -3,7 +3,8 @@
 - :func:`atomic_dir`: write a folder under a temporary name beside its destination and rename
   it into place only when everything succeeded; a killed run leaves the old result or nothing.
 - :func:`atomic_write_bytes` / :func:`atomic_write_text` / :func:`atomic_write_json`: the same
-  for one file (write, fsync, rename).
+  for one file (write, fsync, rename). A failed write (full disk, read-only, no permission) is a
+  one-line :class:`WriteError` and leaves nothing behind.
 - :func:`read_json`: a JSON file, or one clear error naming the file and what is wrong with it
   (malformed, nested too deeply, NaN/Infinity, not UTF-8); :func:`decode_text` the same for text.
 - :func:`sha256_file`, :func:`size_mb`: checksums and sizes. Sizes are **MB = 10^6 bytes**
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -21,6 +23,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+from edgeseg.runtime.errors import EdgesegError
 
 MB = 1_000_000
 MAX_JSON_BYTES = 64 * MB
@@ -162,17 +166,40 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+class WriteError(EdgesegError, OSError):
+    """An output that could not be written (full disk, read-only file system, no permission):
+    one line for the user; still an ``OSError`` for code that catches those."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+# errors that can only come from writing: an OSError with one of these inside an atomic_dir
+# block is reported as a failed write of the output (nothing of it is left behind)
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def _write_error(path: Path, exc: OSError) -> WriteError:
+    return WriteError(exc.errno, f"cannot write {path}: {exc.strerror or exc}; nothing was written there")
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename. Any
+    failure leaves ``path`` as it was; an OSError becomes a one-line :class:`WriteError`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     os.close(fd)
     try:
         _fsync_write(Path(tmp), data)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise _write_error(path, exc) from None
         raise
     return path
 
@@ -221,6 +248,8 @@ class atomic_dir:  # noqa: N801 - used as a context manager, like open()
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if isinstance(exc, OSError) and not isinstance(exc, WriteError) and exc.errno in WRITE_ERRNOS:
+                raise _write_error(self.out, exc) from None
             return False
         old = None
         try:

@@ -72,6 +72,7 @@ class Segmenter:
         if "logits" not in kinds and "probs" not in kinds and "mask" not in kinds:
             raise BundleError(f"{path}: the model declares no usable output")
         self._kinds = kinds
+        _check_graph(self.runner, self.outputs, self.preprocess_spec, path)  # at load, not at the first predict
         self.drift_guard = _drift_guard(info, path)  # [drift guard] None when no input_stats recorded
         self._warned_bgr = False
 
@@ -129,11 +130,16 @@ class Segmenter:
         return self.predict_batch([image], probabilities, color)[0]
 
     def predict_batch(self, images, probabilities: bool = False, color: str = "RGB") -> list:
-        if isinstance(images, np.ndarray) and images.ndim == 4:
+        if isinstance(images, np.ndarray):
+            if images.dtype == object or images.ndim != 4:
+                raise InputError("predict_batch needs a list of HxWx3 uint8 images or an NxHxWx3 uint8 array, got "
+                                 f"an array of shape {images.shape} and dtype {images.dtype}")
             images = list(images)
-        if not isinstance(images, (list, tuple)) or not images:
-            raise InputError("predict_batch needs a non-empty list of HxWx3 uint8 images (or an NxHxWx3 array)")
-        images = [self._rgb(validate_image(im), color) for im in images]
+        if not isinstance(images, (list, tuple)) or not len(images):
+            raise InputError("predict_batch needs a non-empty list of HxWx3 uint8 images (or an NxHxWx3 array), got "
+                             + (f"an empty {type(images).__name__}" if isinstance(images, (list, tuple))
+                                else type(images).__name__))
+        images = [self._rgb(_image(im, i, len(images)), color) for i, im in enumerate(images)]
         batch = self.prepare(images)
         outs = self.infer(batch)
         return self.finish(outs, [im.shape[:2] for im in images], probabilities)
@@ -160,11 +166,50 @@ class Segmenter:
         if self.drift_guard is None:
             raise BundleError(f"{self.path} records no input statistics (input_stats); re-export or "
                               "re-compress it with this edgeseg to get a drift guard")
-        return self.drift_guard.check(self._rgb(validate_image(image), color))
+        return self.drift_guard.check(self._rgb(_image(image), color))
     # --- [/drift guard] ------------------------------------------------------------------
 
     def close(self) -> None:
         self.runner.close()
+
+
+def _image(image, i: int = 0, n: int = 1) -> np.ndarray:
+    """One image given to the API, checked (``validate_image``); an ndarray subclass (np.matrix, a
+    masked array) is taken as the plain array it holds; in a batch the error names the image."""
+    if isinstance(image, np.ndarray) and type(image) is not np.ndarray:
+        image = np.asarray(image)
+    try:
+        return validate_image(image)
+    except InputError as exc:
+        if n == 1:
+            raise
+        raise InputError(f"image {i} of {n}: {exc}") from None
+
+
+def _check_graph(runner, outputs: list[dict], pp: Preprocess, path: Path) -> None:
+    """The graph has what the manifest says: each declared output (of its kind's dtype and rank)
+    and an input of the pre-processed image's size. Refused with one BundleError line."""
+    shape = getattr(runner, "input_shape", None)
+    if shape is not None and len(shape) == 4:
+        h, w = shape[2], shape[3]
+        if (isinstance(h, int) and h != pp.height) or (isinstance(w, int) and w != pp.width):
+            raise BundleError(f"{path.name}: the graph's input is fixed at {h}x{w} but the manifest's pre-processing "
+                              f"makes {pp.height}x{pp.width} images")
+    names = list(getattr(runner, "output_names", []) or [])
+    types = getattr(runner, "output_types", {}) or {}
+    for o in outputs:
+        name, kind = o.get("name"), o.get("kind")
+        if names and name not in names:
+            raise BundleError(f"{path.name}: the manifest names output '{name}' ({kind}) but the graph's outputs are "
+                              f"{', '.join(names)}")
+        if name not in types:
+            continue
+        dtype, rank = types[name]
+        want_rank, want = (3, "an integer (N, H, W)") if kind == "mask" else (4, "a float (N, C, H, W)")
+        ok_type = dtype.startswith(("int", "uint")) if kind == "mask" else dtype in ("float32", "float16")
+        if not ok_type or (rank is not None and rank != want_rank):
+            raise BundleError(f"{path.name}: output '{name}' (kind {kind}) is a {rank}-D {dtype} tensor; a {kind} "
+                              f"output is {want} tensor, {want_rank}-D")
 
 
 def _nearest(mask: np.ndarray, h: int, w: int) -> np.ndarray:

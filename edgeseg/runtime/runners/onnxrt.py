@@ -79,15 +79,24 @@ class OnnxRuntimeRunner:
             raise BundleError(f"cannot load ONNX model {path.name}: {msg[:300]}") from None
         self.path = path
         self.name = "onnxruntime-" + self.session.get_providers()[0].replace("ExecutionProvider", "").lower()
-        inp = self.session.get_inputs()[0]
+        inputs = self.session.get_inputs()
+        _check_input(inputs, path.name)
+        inp = inputs[0]
         self.input_name = inp.name
         self.input_shape = inp.shape
         self.input_type = inp.type
         self.output_names = [o.name for o in self.session.get_outputs()]
+        # name -> (element type, rank or None): what Segmenter checks against the manifest at load
+        self.output_types = {o.name: (elem_type(o.type), len(o.shape) if o.shape is not None else None)
+                             for o in self.session.get_outputs()}
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if not isinstance(batch, np.ndarray) or batch.ndim != 4:
             raise InputError(f"expected an NCHW array, got {getattr(batch, 'shape', type(batch).__name__)}")
+        if batch.dtype.kind not in "fiu" or batch.dtype.kind == "f" and batch.dtype.itemsize > 8:
+            raise InputError(f"expected a float32 NCHW array, got dtype {batch.dtype}")
+        if batch.shape[0] == 0:
+            raise InputError("empty batch: the NCHW array holds no image")
         if self.input_type == "tensor(float16)":
             batch = batch.astype(np.float16)
         else:
@@ -103,6 +112,29 @@ class OnnxRuntimeRunner:
 
     def close(self) -> None:
         self.session = None
+
+
+def elem_type(ort_type: str) -> str:
+    """'tensor(float)' -> 'float32', 'tensor(uint8)' -> 'uint8' (numpy's names)."""
+    t = ort_type.removeprefix("tensor(").removesuffix(")")
+    return {"float": "float32", "double": "float64"}.get(t, t)
+
+
+def _check_input(inputs, name: str) -> None:
+    """An edgeseg model takes exactly one 4-D float (NCHW, 3 channels) tensor; anything else is
+    refused when the model is opened, not at the first prediction."""
+    if len(inputs) != 1:
+        raise BundleError(f"{name} has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); an edgeseg model "
+                          "takes exactly one NCHW float image tensor")
+    inp = inputs[0]
+    rank = len(inp.shape) if inp.shape is not None else None
+    if rank != 4:
+        raise BundleError(f"{name}: input '{inp.name}' is {rank}-D; expected a 4-D NCHW float tensor")
+    if elem_type(inp.type) not in ("float32", "float16"):
+        raise BundleError(f"{name}: input '{inp.name}' is {elem_type(inp.type)}; expected a float32 (or float16) "
+                          "NCHW tensor (edgeseg normalises images itself)")
+    if isinstance(inp.shape[1], int) and inp.shape[1] != 3:
+        raise BundleError(f"{name}: input '{inp.name}' takes {inp.shape[1]} channels; expected 3 channels (RGB)")
 
 
 def cpu_count() -> int:
