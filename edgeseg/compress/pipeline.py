@@ -363,6 +363,10 @@ class Compressor:
         from edgeseg.quantize import load_calibration
 
         r = self.recipe
+        if r.threads:
+            import torch
+
+            torch.set_num_threads(r.threads)  # before the teacher is timed for the estimates
         self.calib, self.calib_info = load_calibration(self.calib_root, self.pp, count=r.calib_count,
                                                        split=r.calib_split, seed=r.seed)
         stages = [s for s in STAGES if s.enabled(r)]

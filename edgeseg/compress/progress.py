@@ -151,6 +151,8 @@ def time_train_steps(student, loss_fn, x, y, steps: int = 2) -> float:
             logits = model(pixel_values=x).logits
             loss_fn(logits, x, y).backward()
             model.zero_grad(set_to_none=True)
+            if x.is_cuda:
+                torch.cuda.synchronize(x.device)
             if k:
                 times.append(time.perf_counter() - t0)
     del model
