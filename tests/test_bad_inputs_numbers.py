@@ -94,25 +94,20 @@ def test_every_numeric_option_is_in_the_catalogue():
 
 
 # =========================================================================== recipe, manifest, config numbers
-# compress/recipe.py (owned by the compress engineer) does not yet check these before the first
-# stage: each runs part of the pipeline (or all of it: seed -1) or names no key. Fix handed over:
-# range-check every numeric Recipe field in Recipe.__post_init__ with edgeseg.checks.number/integer,
-# naming the key. strict: these start failing (so the mark is removed) once the recipe is fixed.
-PENDING = pytest.mark.xfail(strict=True, reason="compress/recipe.py: numeric recipe fields not range-checked by name "
-                            "before the first stage (see the module comment)")
+# compress/recipe.py range-checks every numeric Recipe field by name in Recipe.__post_init__,
+# before the first stage writes anything.
 
 
 @pytest.mark.parametrize("recipe, word", [
-    pytest.param('{"prune_ratio": 1.5}', "prune_ratio", marks=PENDING), ('{"prune_ratio": 1e999}', "1e999"),
-    ('{"max_dice_drop": -1}', "max-dice-drop"), pytest.param('{"distill_lr": -1}', "distill_lr", marks=PENDING),
-    pytest.param('{"distill_lr": 0}', "distill_lr", marks=PENDING), ('{"temperature": 0}', "temperature"),
-    pytest.param('{"decoder_ratio": 1.0}', "decoder_ratio", marks=PENDING),
-    pytest.param('{"target_macs": 0}', "target_macs", marks=PENDING),
-    pytest.param('{"stage_ratios": [0.5, 0.5, 2.0, 0.5]}', "stage_ratios", marks=PENDING),
+    ('{"prune_ratio": 1.5}', "prune_ratio"), ('{"prune_ratio": 1e999}', "1e999"),
+    ('{"max_dice_drop": -1}', "max-dice-drop"), ('{"distill_lr": -1}', "distill_lr"),
+    ('{"distill_lr": 0}', "distill_lr"), ('{"temperature": 0}', "temperature"),
+    ('{"decoder_ratio": 1.0}', "decoder_ratio"),
+    ('{"target_macs": 0}', "target_macs"),
+    ('{"stage_ratios": [0.5, 0.5, 2.0, 0.5]}', "stage_ratios"),
     ('{"depths": [1, 0, 1, 1]}', "depths"),
-    pytest.param('{"calib_count": -5}', "calib_count", marks=PENDING), ('{"runs": 0}', "runs"),
-    pytest.param('{"seed": -1}', "seed", marks=pytest.mark.xfail(run=False, reason="compress/recipe.py: seed -1 is "
-                                                                  "not refused and runs a whole compress (slow)")),
+    ('{"calib_count": -5}', "calib_count"), ('{"runs": 0}', "runs"),
+    ('{"seed": -1}', "seed"),
     ('{"alpha": 1.5}', "alpha"), ('{"feature_weight": -1}', "feature_weight"),
 ])
 def test_recipe_numbers_refused_before_any_stage(ckpt, tmp_path, out, recipe, word):

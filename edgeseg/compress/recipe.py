@@ -69,8 +69,7 @@ class Recipe:
             v = getattr(self, f.name)
             if isinstance(v, float) and not math.isfinite(v):
                 raise ConfigError(f"recipe option {f.name} must be a finite number, got {v}")
-        if self.distill_epochs < 0 or self.calib_count < 1:
-            raise ConfigError("distill epochs must be >= 0 and the calibration count >= 1")
+        self._check_ranges()
         if self.runs < 1 or self.warmup < 0 or self.batch_size < 1:
             raise ConfigError("runs and batch_size must be >= 1, warmup >= 0")
         if self.threads is not None and self.threads < 1:
@@ -81,6 +80,31 @@ class Recipe:
             raise ConfigError("--max-dice-drop must be in [0, 1)")
         if self.temperature <= 0 or not 0 <= self.alpha <= 1 or self.feature_weight < 0:
             raise ConfigError("distillation needs temperature > 0, alpha in [0, 1] and feature_weight >= 0")
+
+    def _check_ranges(self) -> None:
+        """Every pruning, distillation and data number in its range, named by its key, so a bad
+        value is refused before the first stage writes anything (not when its stage starts)."""
+        from edgeseg.checks import integer, number
+        from edgeseg.prune import IMPORTANCE
+        from edgeseg.quantize.static import CALIBRATION_METHODS
+
+        for key in ("prune_ratio", "decoder_ratio"):
+            if getattr(self, key) is not None:
+                number(key, getattr(self, key), 0, 1, hi_open=True)
+        for v in self.stage_ratios or ():
+            number("stage_ratios", v, 0, 1, hi_open=True)
+        if self.target_macs is not None:
+            number("target_macs", self.target_macs, 0, 1, lo_open=True, hi_open=True)
+        for d in self.depths or ():
+            integer("depths (blocks kept per stage)", d, 1)
+        number("distill_lr", self.distill_lr, 0, 1, lo_open=True, hi_open=True)
+        integer("distill_epochs", self.distill_epochs, 0)
+        integer("calib_count", self.calib_count, 1)
+        integer("seed", self.seed, 0)
+        if self.importance not in IMPORTANCE:
+            raise ConfigError(f"unknown importance {self.importance!r}; choose {', '.join(IMPORTANCE)}")
+        if self.calib_method not in CALIBRATION_METHODS:
+            raise ConfigError(f"unknown calib_method {self.calib_method!r}; choose {', '.join(CALIBRATION_METHODS)}")
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> Recipe:
