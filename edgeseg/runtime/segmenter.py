@@ -132,7 +132,7 @@ class Segmenter:
     def predict_batch(self, images, probabilities: bool = False, color: str = "RGB") -> list:
         if isinstance(images, np.ndarray):
             if images.dtype == object or images.ndim != 4:
-                raise InputError("predict_batch needs a list of HxWx3 uint8 images or an NxHxWx3 uint8 array, got "
+                raise InputError("predict_batch needs a non-empty list of HxWx3 uint8 images or an NxHxWx3 uint8 array, got "
                                  f"an array of shape {images.shape} and dtype {images.dtype}")
             images = list(images)
         if not isinstance(images, (list, tuple)) or not len(images):
