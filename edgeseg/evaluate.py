@@ -55,15 +55,20 @@ def write_json(obj, path: str | Path) -> Path:
     return atomic_write_json(path, obj)
 
 
-def format_table(summary: dict) -> str:
+def format_table(summary: dict, spacing=None) -> str:
+    """The metrics table: mean over images and pooled over all pixels, with units and the
+    empty-mask convention stated (so a reader can tell why mean and pooled Dice differ)."""
+    unit = "mm" if spacing else "px"
     keys = ["dice", "iou", "precision", "recall", "specificity", "accuracy", "auc", "hd95"]
     lines = [f"{'metric':<12} {'mean':>9} {'pooled':>9}"]
     for k in keys:
         mean = summary.get(f"mean_{k}", float("nan"))
         pooled = summary.get(f"pooled_{k}")
         ps = f"{pooled:9.4f}" if isinstance(pooled, float) else f"{'':>9}"
-        lines.append(f"{k:<12} {mean:9.4f} {ps}")
+        lines.append(f"{k + (f' ({unit})' if k == 'hd95' else ''):<12} {mean:9.4f} {ps}")
     lines.append(f"{'median dice':<12} {summary.get('median_dice', float('nan')):9.4f}")
     lines.append(f"images: {summary.get('n_images')}  (hd95 infinite on {summary.get('hd95_inf', 0)}: "
                  "one of prediction / ground truth empty)")
+    lines.append("mean = average of per-image values (an empty mask predicted empty scores Dice 1); "
+                 "pooled = all pixels of the set counted together")
     return "\n".join(lines)

@@ -98,7 +98,8 @@ def check_output(out: str | Path, kind: str, inputs: Iterable[str | Path | None]
                       "or choose a new folder")
 
 
-def check_output_file(path: str | Path | None, flag: str, inputs: Iterable[str | Path | None] = ()) -> Path | None:
+def check_output_file(path: str | Path | None, flag: str, inputs: Iterable[str | Path | None] = (),
+                      overwrite: bool = False) -> Path | None:
     """The same policy for a single output file (``--json FILE``, ``--csv FILE``), checked before
     any work: not a folder, not under a file, in a folder that exists or can be created and is
     writable, and neither one of the inputs nor inside one. The file itself is then written
@@ -116,6 +117,9 @@ def check_output_file(path: str | Path | None, flag: str, inputs: Iterable[str |
                               "(edgeseg never writes into what it reads)")
     if path.is_dir():
         raise ConfigError(f"{flag} {path} is a folder; give a file name")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise ConfigError(f"{flag} {path} already exists; pass --overwrite to replace it, or give a new file name "
+                          "(edgeseg never overwrites a file silently)")
     for parent in real.parents:
         if parent.exists() and not parent.is_dir():
             raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder")
@@ -125,14 +129,15 @@ def check_output_file(path: str | Path | None, flag: str, inputs: Iterable[str |
     return path
 
 
-def check_output_files(files: dict[str, str | Path | None], inputs: Iterable[str | Path | None] = ()) -> None:
+def check_output_files(files: dict[str, str | Path | None], inputs: Iterable[str | Path | None] = (),
+                       overwrite: bool = False) -> None:
     """:func:`check_output_file` for each ``{flag: path}`` given, and no two of them the same file."""
     seen: dict[Path, str] = {}
     inputs = list(inputs)
     for flag, path in files.items():
         if path is None:
             continue
-        check_output_file(path, flag, inputs)
+        check_output_file(path, flag, inputs, overwrite)
         real = Path(path).resolve()
         if real in seen:
             raise ConfigError(f"{flag} and {seen[real]} name the same file {path}; give each its own")

@@ -82,7 +82,7 @@ def one_line_error(r, contains: str) -> str:
 def run_cli(*args, env=None, cwd=None):
     """Run the installed CLI in a subprocess: the way users run it."""
     exe = Path(sys.executable).with_name("edgeseg")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "edgeseg.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "edgeseg"]
     return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, env=env, cwd=cwd,
                           timeout=600)
 

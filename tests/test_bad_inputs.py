@@ -436,7 +436,7 @@ def test_subprocess_huge_image_no_memory_blowup(models, tmp_path, out):
 
     huge_png(tmp_path / "in/huge.png")
     exe = Path(sys.executable).with_name("edgeseg")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "edgeseg.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "edgeseg"]
     # a parent of its own, so the peak resident memory reported is that of this one CLI run
     wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
                "print('peak_rss_kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "

@@ -129,9 +129,10 @@ def test_disk_full_keeps_the_previous_file_bench(bundle, tmp_path, monkeypatch):
     _disk_full(monkeypatch)
     with Unchanged(tmp_path / "o"):
         refused(cli("bench", bundle, "--data", EMBEDDED, "--split", "val", "--runs", 2, "--warmup", 0, "--json",
-                    tmp_path / "o/b.json", "-q"), "No space left")
+                    tmp_path / "o/b.json", "--overwrite", "-q"), "No space left")
 
 
+@pytest.mark.slow
 def test_disk_full_export_leaves_nothing(ckpt, tmp_path, monkeypatch):
     from edgeseg.runtime import bundle as B
 
@@ -416,3 +417,14 @@ def test_unwritable_copy_of_bundle_still_loads(models, tmp_path):
         assert Segmenter(b).predict(rgb()).shape == (40, 56)
     finally:
         b.chmod(0o755)
+
+
+def test_existing_result_file_needs_overwrite(bundle, tmp_path):
+    """A file edgeseg would replace is never overwritten silently (it may be the user's)."""
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o/notes.json").write_text('{"mine": true}')
+    with Unchanged(tmp_path / "o"):
+        refused(cli("evaluate", bundle, EMBEDDED, "--split", "val", "--json", tmp_path / "o/notes.json", "-q"),
+                "already exists", "--overwrite")
+    worked(cli("evaluate", bundle, EMBEDDED, "--split", "val", "--json", tmp_path / "o/notes.json", "--overwrite",
+               "-q"))

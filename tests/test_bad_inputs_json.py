@@ -355,4 +355,4 @@ def test_bad_json_leaves_existing_output_unchanged(bundle, tmp_path):
     _write(tmp_path / "base.json", NESTED)
     with Unchanged(tmp_path / "prev"):
         refused(cli("bench", bundle, "--data", EMBEDDED, "--split", "val", "--baseline", tmp_path / "base.json",
-                    "--json", tmp_path / "prev/s.json", "-q"), "nested")
+                    "--json", tmp_path / "prev/s.json", "--overwrite", "-q"), "nested")

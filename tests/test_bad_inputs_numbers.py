@@ -215,6 +215,7 @@ def test_bench_json_has_no_nan(bundle, empty_mask_data, tmp_path):
     _no_nan_tokens((tmp_path / "b.json").read_text(), "bench --json")
 
 
+@pytest.mark.slow
 def test_export_stdout_json_has_no_nan(ckpt, empty_mask_data, tmp_path):
     r = cli("export", ckpt, "-o", tmp_path / "b", "--data", empty_mask_data)
     worked(r)
@@ -224,6 +225,7 @@ def test_export_stdout_json_has_no_nan(ckpt, empty_mask_data, tmp_path):
     _no_nan_tokens((tmp_path / "b" / MANIFEST).read_text(), "manifest")
 
 
+@pytest.mark.slow
 def test_compress_outputs_have_no_nan(ckpt, empty_mask_data, tmp_path):
     out = tmp_path / "c"
     worked(cli("compress", ckpt, "-o", out, "--calib", EMBEDDED, "--val", empty_mask_data, "--distill-epochs", 0,
@@ -234,6 +236,7 @@ def test_compress_outputs_have_no_nan(ckpt, empty_mask_data, tmp_path):
         _no_nan_tokens(p.read_text(), str(p.relative_to(out)))
 
 
+@pytest.mark.slow
 def test_train_json_stdout_has_no_nan(empty_mask_data, tmp_path):
     d = shutil.copytree(empty_mask_data, tmp_path / "d")
     r = cli("train", d, "-o", tmp_path / "r", "--variant", "tiny", "--size", 64, "--epochs", 1, "--batch-size", 2,

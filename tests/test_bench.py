@@ -29,6 +29,7 @@ def result(tiny_ckpt, tiny_bundle, embedded, tmp_path_factory):
     return {"dir": d, "stdout": r.stdout, "json": json.loads((d / "bench.json").read_text())}
 
 
+@pytest.mark.slow
 def test_json_holds_every_figure(result, tiny_ckpt, tiny_bundle):
     res = result["json"]
     assert {"schema", "created", "machine", "settings", "data", "reference", "rows"} <= set(res)
@@ -94,6 +95,7 @@ def test_json_holds_every_figure(result, tiny_ckpt, tiny_bundle):
         assert (f"warning: {row['name']} on {row['backend']}" in out) == row["noisy"]
 
 
+@pytest.mark.slow
 def test_report_files(result):
     rep = result["dir"] / "report"
     rows = list(csv.DictReader(open(rep / "bench.csv")))
@@ -112,6 +114,7 @@ def test_report_files(result):
         assert (rep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_baseline_doctored_fails_and_itself_passes(result, tiny_ckpt, tiny_bundle, embedded, tmp_path):
     from edgeseg.measure.baseline import compare_baseline
 
@@ -221,6 +224,7 @@ def test_time_model_in_process(tiny_bundle, embedded):
     assert d["noisy"] == t.noisy and json.loads(json.dumps(d)) == d
 
 
+@pytest.mark.slow
 def test_bad_inputs(tiny_bundle, embedded, tmp_path):
     one_line_error(run_cli("bench", tmp_path / "nope", "--data", embedded), "not found")
     (tmp_path / "empty/images").mkdir(parents=True)
@@ -392,6 +396,7 @@ def _files(root):
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_report_folder_follows_the_output_policy(result, tmp_path, monkeypatch):
     from edgeseg.errors import ConfigError
     from edgeseg.measure import report
@@ -427,6 +432,7 @@ def test_report_folder_follows_the_output_policy(result, tmp_path, monkeypatch):
     assert _files(foreign) == {"mine.txt": b"mine"}
 
 
+@pytest.mark.slow
 def test_bench_out_is_checked_before_any_work(tiny_bundle, embedded, tmp_path):
     foreign = tmp_path / "notes"
     foreign.mkdir()
@@ -445,6 +451,7 @@ def test_bench_out_is_checked_before_any_work(tiny_bundle, embedded, tmp_path):
     assert not (embedded / "report").exists() and not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_bench_out_again_needs_overwrite(result, tiny_bundle, embedded, tmp_path):
     import shutil
 

@@ -34,6 +34,7 @@ def test_missing_data(tiny_ckpt, tmp_path):
     one_line_error(run_cli("evaluate", tiny_ckpt, tmp_path / "nope"), "not found")
 
 
+@pytest.mark.slow
 def test_not_a_segformer(tmp_path, embedded):
     (tmp_path / "m").mkdir()
     (tmp_path / "m/config.json").write_text(json.dumps({"model_type": "vit"}))

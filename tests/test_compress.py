@@ -72,6 +72,7 @@ def test_compress_refuses_other_recipe_on_same_output(compressed, tiny_ckpt, emb
     assert "decoder_ratio" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_interrupted_compress_leaves_no_bundle_and_resumes(tiny_ckpt, embedded, tmp_path, monkeypatch, caplog):
     import edgeseg.compress.guard as G
     import edgeseg.compress.pipeline as C
@@ -116,6 +117,7 @@ def test_interrupted_compress_leaves_no_bundle_and_resumes(tiny_ckpt, embedded, 
     assert "warning: quantize: INT8 is slower than FP32" in terminal_table(rep)
 
 
+@pytest.mark.slow
 def test_tensorrt_target_gives_symmetric_qdq(tiny_ckpt, embedded, tmp_path):
     from edgeseg.quantize.static import check_tensorrt_qdq
 
@@ -193,6 +195,7 @@ def test_guard_returns_sensitive_blocks_to_float_until_budget_holds():
     assert kept == [] and len(calls) == n + 1  # no budget: one INT8 build, no search
 
 
+@pytest.mark.slow
 def test_guard_in_pipeline_records_its_decisions(tiny_ckpt, embedded, tmp_path):
     rep = Compressor(tiny_ckpt, tmp_path / "g", recipe(embedded, distill_epochs=0, max_dice_drop=0.0),
                      progress=False).run()
@@ -213,6 +216,7 @@ def test_guard_does_not_chase_noise_when_fp32_already_missed_the_budget():
     assert abs(notes["fp32_over_budget_by"] - 0.04) < 1e-9 and abs(notes["budget_missed_by"] - 0.041) < 1e-9
 
 
+@pytest.mark.slow
 def test_weight_only_int8_target(tiny_ckpt, embedded, tmp_path):
     """cpu-weights: INT8 weights in a ~4x smaller file, float compute, ORT told to fold the DQs."""
     import numpy as np
@@ -272,6 +276,7 @@ def test_compress_refuses_foreign_folders_and_inputs_before_any_work(tiny_ckpt, 
         Compressor(tiny_ckpt, train_copy / "out", quick(embedded, train=str(train_copy)), progress=False)
 
 
+@pytest.mark.slow
 def test_killed_compress_leaves_no_bundle_and_the_next_run_resumes(tiny_ckpt, embedded, tmp_path, monkeypatch,
                                                                     caplog):
     import edgeseg.export.pipeline as E
@@ -301,6 +306,7 @@ def test_killed_compress_leaves_no_bundle_and_the_next_run_resumes(tiny_ckpt, em
     assert st["stages"]["prune"]["path"] == "stages/prune" and not Path(st["stages"]["teacher"]["path"]).is_relative_to(out)
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_an_earlier_compress_whole_and_only_at_the_end(tiny_ckpt, embedded, tmp_path,
                                                                           monkeypatch):
     import edgeseg.export.pipeline as E
@@ -330,6 +336,7 @@ def test_overwrite_replaces_an_earlier_compress_whole_and_only_at_the_end(tiny_c
     assert [p.name for p in tmp_path.iterdir()] == ["o"]
 
 
+@pytest.mark.slow
 def test_compress_says_what_it_does_and_how_long_it_will_take(tiny_ckpt, embedded, tmp_path, capsys):
     Compressor(tiny_ckpt, tmp_path / "o", quick(embedded), progress=True).run()
     err = capsys.readouterr().err

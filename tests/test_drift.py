@@ -162,6 +162,7 @@ def ckpt(tmp_path_factory):
                            tmp_path_factory.mktemp("drift") / "ckpt")
 
 
+@pytest.mark.slow
 def test_export_records_stats_of_its_parity_images_and_segmenter_scores(ckpt, tmp_path, held_out):
     from edgeseg.export.pipeline import export_bundle
     from edgeseg.runtime import Segmenter
@@ -189,6 +190,7 @@ def test_export_with_too_few_images_records_no_stats(ckpt, tmp_path):
         seg.drift(np.zeros((8, 8, 3), np.uint8))
 
 
+@pytest.mark.slow
 def test_compress_final_bundle_carries_calibration_stats(ckpt, tmp_path, calib):
     """End to end, kept small: no distillation, no INT8; the final manifest's statistics are
     those of the calibration images (not of the export stage's parity images)."""
@@ -211,6 +213,7 @@ def test_compress_final_bundle_carries_calibration_stats(ckpt, tmp_path, calib):
 
 
 # =========================================================================== real data
+@pytest.mark.slow
 @pytest.mark.data
 def test_real_data_other_datasets_drift_and_held_out_kvasir_does_not(shared_data):
     guard = DriftGuard(image_stats(_images(shared_data / "kvasir-seg", "calibration")))

@@ -1,3 +1,4 @@
+import pytest
 """The benchmark-only ONNX Runtime baselines (benchmarks/ort_baselines.py): they run, keep the
 edgeseg metadata, agree with FP32, and ORT's default static INT8 is not TensorRT-ready."""
 
@@ -26,6 +27,7 @@ def _agree(fp32, q, x) -> float:
     return float((s0.run(None, {"pixel_values": x})[0].argmax(1) == s1.run(None, {"pixel_values": x})[0].argmax(1)).mean())
 
 
+@pytest.mark.slow
 def test_baselines(embedded, tmp_path):
     meta = {"preprocess": PP.to_dict(), "classes": ["background", "lesion"]}
     fp32 = export_onnx(build_model("tiny").eval(), tmp_path / "tiny.onnx", SIZE, SIZE, metadata=meta)

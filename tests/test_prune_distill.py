@@ -133,6 +133,7 @@ def _pruned_widths(path):
     return widths(m)
 
 
+@pytest.mark.slow
 def test_prune_and_distill_commands(tiny_ckpt, embedded, tmp_path):
     from conftest import run_cli
 
@@ -173,6 +174,7 @@ def test_depth_pruning_keeps_most_useful_blocks_and_reloads(tmp_path, calib):
         PruneConfig(depths=(0, 1, 1, 1))
 
 
+@pytest.mark.slow
 def test_accuracy_guard_picks_the_strongest_pruning_step_it_accepts(calib):
     m = build_model("b0").eval()
     calls = []

@@ -255,6 +255,7 @@ def test_quantize_does_not_recalibrate(quantizers, tmp_path, monkeypatch):
     assert a.is_file() and b.is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", sorted(r for r, t in TARGETS.items() if not t.weight_only))
 @pytest.mark.parametrize("method", sorted(CALIBRATION_METHODS))
 def test_every_recipe_and_method_runs_and_agrees(fp32, calib, test_images, recipe, method, tmp_path):

@@ -37,6 +37,7 @@ def _image(embedded):
     return D.read_image(D.discover(embedded, "test", require_masks=False)[0].image)
 
 
+@pytest.mark.slow
 def test_cli_writes_an_int8_bundle_the_runtime_loads(fp32_bundle, embedded, tmp_path):
     out = tmp_path / "int8"
     r = run_cli("quantize", fp32_bundle, "-o", out, "--target", "cpu", "--calib", embedded,

@@ -18,6 +18,7 @@ import edgeseg.runtime.runners.tensorrt as rtt
 from edgeseg.export import tensorrt as xtrt
 from edgeseg.export.tensorrt import rules, sidecar
 
+@pytest.mark.slow
 def test_jetson_build_sh_trt10(trtexec, fake, bundle, tmp_path):
     out = tmp_path / "m.engine"
     p, args = trtexec(bundle, out, BATCH="1,2,4", PRECISION="fp16")
@@ -37,6 +38,7 @@ def test_jetson_build_sh_trt10(trtexec, fake, bundle, tmp_path):
     np.testing.assert_array_equal(Segmenter(out).predict(img), Segmenter(bundle).predict(img))
 
 
+@pytest.mark.slow
 def test_jetson_build_sh_int8_and_dla(trtexec, tmp_path):
     b = make_bundle(tmp_path, "int8")
     p, args = trtexec(b, tmp_path / "q.engine")
@@ -49,6 +51,7 @@ def test_jetson_build_sh_int8_and_dla(trtexec, tmp_path):
     assert p.returncode == 2 and "dynamic shapes" in p.stderr
 
 
+@pytest.mark.slow
 def test_jetson_build_sh_trt11(trtexec, bundle, tmp_path):
     p, args = trtexec(bundle, tmp_path / "m.engine", version="11.0.0.1")
     assert p.returncode == 0, p.stderr
@@ -60,12 +63,14 @@ def test_jetson_build_sh_trt11(trtexec, bundle, tmp_path):
     assert p.returncode == 2 and "no DLA" in p.stderr
 
 
+@pytest.mark.slow
 def test_jetson_build_sh_detects_the_version_from_trtexec(trtexec, bundle, tmp_path):
     p, args = trtexec(bundle, tmp_path / "m.engine", TRT_VERSION="", PATH="/usr/bin:/bin")
     assert p.returncode == 0, p.stderr
     assert json.loads((tmp_path / "m.engine.json").read_text())["tensorrt"]["version"] == "10.3.0"
 
 
+@pytest.mark.slow
 def test_jetson_build_sh_refuses_a_tampered_bundle(trtexec, bundle, tmp_path):
     with open(bundle / "model.onnx", "ab") as f:
         f.write(b"\0")
@@ -116,6 +121,7 @@ def comparable(side: dict) -> dict:
     ("10.3.0.30", "fp32", "fp16", None, "1,2,4"), ("10.3.0.30", "int8", "fp16", None, "2"),
     ("10.3.0.30", "fp16", "auto", "0", "1"), ("11.0.0.1", "int8", "auto", None, "1,1,3"),
     ("11.4.1", "fp16", "auto", "1", "2")])
+@pytest.mark.slow
 def test_all_three_builders_agree(fake, trtexec, monkeypatch, tmp_path, capsys, version, kind, precision, dla, batch):
     """edgeseg's builder, build_engine.py and jetson_build.sh on the same bundle and request: the
     same trtexec/TensorRT settings (from rules.plan_build) and sidecars that differ only in build facts."""

@@ -85,6 +85,7 @@ def test_foreign_or_input_output_folder_refused_before_work(tmp_path, embedded):
         train(_cfg(tmp_path, embedded, out=str(embedded / "runs")))
 
 
+@pytest.mark.slow
 def test_data_parallel_under_torchrun(tmp_path, embedded):
     """Two CPU processes (gloo) train one model: rank 0 alone validates and writes."""
     import os

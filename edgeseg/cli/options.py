@@ -1,0 +1,45 @@
+"""Parsers for the options several commands share."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+
+def _classes(value: Optional[str]) -> tuple[str, ...]:
+    from edgeseg.errors import ConfigError
+
+    if value is None:
+        return ("background", "foreground")
+    names = tuple(c.strip() for c in value.split(",") if c.strip())
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise ConfigError(f"--classes needs at least two distinct comma-separated names, got {value!r}")
+    return names
+
+def _spacing(value: Optional[str]):
+    from edgeseg.errors import ConfigError
+
+    if value is None:
+        return None
+    try:
+        parts = [float(v) for v in value.split(",")]
+    except ValueError:
+        raise ConfigError(f"--spacing needs 'sy,sx' in physical units per pixel, got {value!r}") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not all(math.isfinite(p) and p > 0 for p in parts):  # NaN > 0 is False too
+        raise ConfigError(f"--spacing needs two positive finite numbers 'sy,sx', got {value!r}")
+    return tuple(parts)
+
+def _ints(value: Optional[str], flag: str):
+    from edgeseg.errors import ConfigError
+
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise ConfigError(f"{flag} needs comma-separated integers, got {value!r}") from None
+
+def _providers(value: Optional[str]):
+    return [p.strip() for p in value.split(",") if p.strip()] if value else None
