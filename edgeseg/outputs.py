@@ -59,6 +59,17 @@ def _related(out: Path, inp: Path) -> str | None:
     return None
 
 
+def _refuse_inputs(out: Path, flag: str, inputs: Iterable[str | Path | None], refused: tuple[str, ...],
+                   advice: str) -> None:
+    real = out.resolve()
+    for inp in inputs:
+        if inp is None:
+            continue
+        rel = _related(real, Path(inp).resolve())
+        if rel in refused:
+            raise ConfigError(f"{flag} {out} {rel} the input {inp}: {advice} (edgeseg never writes into what it reads)")
+
+
 def check_output(out: str | Path, kind: str, inputs: Iterable[str | Path | None] = (), overwrite: bool = False,
                  resumable: bool = False, flag: str = "-o") -> str:
     """Decide, before any work, what may happen at ``out``: 'new', 'replace' (--overwrite of an
@@ -66,13 +77,7 @@ def check_output(out: str | Path, kind: str, inputs: Iterable[str | Path | None]
     can resume). Raises ConfigError with one line otherwise."""
     out = Path(out)
     real = out.resolve()
-    for inp in inputs:
-        if inp is None:
-            continue
-        rel = _related(real, Path(inp).resolve())
-        if rel is not None:
-            raise ConfigError(f"{flag} {out} {rel} the input {inp}: choose an output folder outside the inputs "
-                              "(edgeseg never writes into what it reads)")
+    _refuse_inputs(out, flag, inputs, ("is", "lies inside", "contains"), "choose an output folder outside the inputs")
     for parent in real.parents:
         if parent.exists() and not parent.is_dir():
             raise ConfigError(f"{flag} {out}: {parent} is a file, not a folder")
@@ -108,13 +113,7 @@ def check_output_file(path: str | Path | None, flag: str, inputs: Iterable[str |
         return None
     path = Path(path)
     real = path.resolve()
-    for inp in inputs:
-        if inp is None:
-            continue
-        rel = _related(real, Path(inp).resolve())
-        if rel in ("is", "lies inside"):
-            raise ConfigError(f"{flag} {path} {rel} the input {inp}: write results outside the inputs "
-                              "(edgeseg never writes into what it reads)")
+    _refuse_inputs(path, flag, inputs, ("is", "lies inside"), "write results outside the inputs")
     if path.is_dir():
         raise ConfigError(f"{flag} {path} is a folder; give a file name")
     if (path.exists() or path.is_symlink()) and not overwrite:

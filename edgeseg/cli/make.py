@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from edgeseg.cli.app import _setup_logging, command
-from edgeseg.cli.options import _classes, _ints
+from edgeseg.cli.options import VERBOSE, _classes, _ints
 from edgeseg.quantize.targets import target_names
 
 
@@ -35,7 +35,7 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT when it holds an earlier training run."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details to stderr."),
+    verbose: bool = VERBOSE,
 ):
     """Train or fine-tune a SegFormer; writes a standard HF checkpoint directory.
 
@@ -194,7 +194,7 @@ def compress(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT when it holds an earlier compress "
                                    "output (the old one stays until the new run is complete)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars (stage lines stay)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details to stderr."),
+    verbose: bool = VERBOSE,
 ):
     """Fold, prune, distill, export, quantize and bundle a SegFormer, with a per-stage report.
 

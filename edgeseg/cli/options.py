@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import typer
+
 
 def _classes(value: Optional[str]) -> tuple[str, ...]:
     from edgeseg.errors import ConfigError
@@ -43,3 +45,11 @@ def _ints(value: Optional[str], flag: str):
 
 def _providers(value: Optional[str]):
     return [p.strip() for p in value.split(",") if p.strip()] if value else None
+
+
+# options several commands take, defined once
+PROVIDERS = typer.Option(None, help="ONNX Runtime providers, e.g. cpu or cuda,cpu (default: cpu).")
+THREADS = typer.Option(None, help="Inference threads (default: the runtime's choice).")
+DEVICE = typer.Option("cpu", help="torch device for checkpoints: cpu or cuda.")
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+VERBOSE = typer.Option(False, "--verbose", "-v", help="Log details to stderr.")

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from edgeseg.cli.app import _setup_logging, command
-from edgeseg.cli.options import _spacing, _providers
+from edgeseg.cli.options import DEVICE, PROVIDERS, QUIET, THREADS, VERBOSE, _providers, _spacing
 
 
 @command
@@ -23,13 +23,12 @@ def evaluate(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json/--csv file."),
     spacing: Optional[str] = typer.Option(None, help="Pixel spacing 'sy,sx' in mm: HD95 in mm (default: HD95 in "
                                           "pixels)."),
-    providers: Optional[str] = typer.Option(None, help="ONNX Runtime providers, e.g. cpu or cuda,cpu (default: "
-                                            "cpu)."),
-    threads: Optional[int] = typer.Option(None, help="Inference threads (default: the runtime's choice)."),
-    device: str = typer.Option("cpu", help="torch device for checkpoints: cpu or cuda."),
+    providers: Optional[str] = PROVIDERS,
+    threads: Optional[int] = THREADS,
+    device: str = DEVICE,
     strict: bool = typer.Option(False, "--strict", help="Refuse (instead of leaving out) mismatched masks."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details to stderr."),
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
 ):
     """Dice, IoU, precision, recall, specificity, accuracy, ROC-AUC, HD95 of any model on a folder.
 
@@ -72,13 +71,12 @@ def predict(
     overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Also write colour overlays (default: on)."),
     probs: bool = typer.Option(False, "--probs", help="Also write probability maps (default: off)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT when it is an earlier predict output."),
-    providers: Optional[str] = typer.Option(None, help="ONNX Runtime providers, e.g. cpu or cuda,cpu "
-                                            "(default: cpu)."),
-    threads: Optional[int] = typer.Option(None, help="Inference threads (default: the runtime's choice)."),
-    device: str = typer.Option("cpu", help="torch device for checkpoints: cpu or cuda."),
+    providers: Optional[str] = PROVIDERS,
+    threads: Optional[int] = THREADS,
+    device: str = DEVICE,
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details to stderr."),
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
 ):
     """Masks (PNG, original size), overlays and optional probability maps.
 
@@ -113,7 +111,7 @@ def bench(
     threads: Optional[int] = typer.Option(None, help="Inference threads (torch and ONNX Runtime)."),
     providers: Optional[List[str]] = typer.Option(
         None, help="ONNX Runtime backend, e.g. cpu or cuda,cpu; repeat to bench each ONNX model on several."),
-    device: str = typer.Option("cpu", help="torch device for checkpoints: cpu or cuda."),
+    device: str = DEVICE,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure as JSON (default: none)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for bench.csv, bench.md and PNG plots: new, or "
                                        "an earlier bench --out with --overwrite."),
@@ -123,8 +121,8 @@ def bench(
     tol: float = typer.Option(0.10, help="Allowed relative p50 slow-down vs --baseline (also >= 3x spread)."),
     tol_dice: float = typer.Option(0.01, help="Allowed Dice loss vs --baseline."),
     max_images: Optional[int] = typer.Option(None, help="Use only the first N images (default: all)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details to stderr."),
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
 ):
     """Latency (model-only and end-to-end), throughput, memory, size, Dice and its drop per model x backend.
 

@@ -189,11 +189,11 @@ def default_job() -> tuple[Path, dict]:
     """The README's main job (``edgeseg compress`` with no arguments): the embedded demo teacher
     and the embedded synthetic image set, with settings sized for a demo of about two minutes on
     two CPU cores (``benchmarks/demo_compress.py`` measures it). Only the demo uses them; every
-    stage still runs (6 distillation epochs, 10 timed runs per stage, the full INT8 guard):
+    stage still runs (12 distillation epochs, 10 timed runs per stage, the full INT8 guard):
     a user's own compression keeps the :class:`Recipe` defaults."""
     teacher = EMBEDDED / "teacher"
     if not (teacher / "model.safetensors").is_file():
         raise ConfigError(f"the embedded demo teacher is missing ({teacher}); run edgeseg from its source tree")
     d = str(EMBEDDED)
     return teacher, {"calib": d, "calib_split": "calibration", "calib_count": 16, "val": d, "val_split": "val",
-                     "train": d, "train_split": "train", "distill_epochs": 6, "runs": 10, "warmup": 3}
+                     "train": d, "train_split": "train", "distill_epochs": 12, "runs": 10, "warmup": 3}
