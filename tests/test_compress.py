@@ -48,6 +48,9 @@ def test_compress_writes_bundle_report_and_every_stage(compressed):
     assert m["calibration"]["count"] == 8 and len(m["calibration"]["sha256"]) == 64
     assert m["recipe"]["prune_ratio"] == 0.5
     assert [s["name"] for s in m["stages"]] == names
+    par = m["parity"]  # the INT8 model's own check against its FP32 source, not the export's block
+    assert par["against"] == "fp32 source" and par["measured"] and par["images"] == 8
+    assert 0 < par["worst_image_agreement"] <= par["mask_agreement"] <= 1
     assert (out / "report.md").is_file() and (out / "dice_vs_latency.png").stat().st_size > 1000
     assert json.loads((out / "report.json").read_text())["machine"]["cpu"]
 

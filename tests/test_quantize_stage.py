@@ -49,7 +49,10 @@ def test_cli_writes_an_int8_bundle_the_runtime_loads(fp32_bundle, embedded, tmp_
     assert m["precision"] == "int8" and q["target"] == "cpu" and q["method"] == "minmax"
     assert q["calibration_set"]["count"] == 8 and q["calibration_set"]["sha256"] == info["sha256"]
     assert "root" not in q["calibration_set"] and str(embedded) not in str(m.to_dict())  # no absolute paths
-    assert "parity" not in m  # the FP32 export's parity block does not describe this model
+    fp32_parity = read_bundle(fp32_bundle).manifest["parity"]
+    par = m["parity"]  # the INT8 model's own check, not the FP32 export's block
+    assert par != fp32_parity and par["against"] == "fp32 source" and par["measured"] and par["images"] == 8
+    assert 0.5 < par["worst_image_agreement"] <= par["mask_agreement"] <= 1.0
     assert m["provenance"]["quantized_from"]["model_sha256"] == sha256_file(read_bundle(fp32_bundle).model_file)
     seg = Segmenter(out)
     mask = seg.predict(_image(embedded))
@@ -64,6 +67,7 @@ def test_weight_only_bundle_records_its_session_config(fp32_bundle, embedded, tm
         TARGETS["cpu-weights"].session_config)
     seg = Segmenter(out)
     assert seg.runner.session_config == dict(WEIGHT_ONLY_SESSION_CONFIG)
+    assert m["parity"]["measured"] is False and "evaluate" in m["parity"]["why"]
     assert seg.predict(_image(embedded)).shape == _image(embedded).shape[:2]
     with pytest.raises(ConfigError, match="weight-only"):
         quantize(fp32_bundle, tmp_path / "w8b", "cpu-weights", calib=embedded)

@@ -12,13 +12,12 @@ and shows a bar over the candidates it builds and scores.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
-from edgeseg.runtime.files import atomic_dir, sha256_file
+from edgeseg.runtime.files import sha256_file
 
 QUANT_TOL = 0.002  # the most Dice INT8 alone may cost when the FP32 model already used the budget
 
@@ -73,6 +72,7 @@ def quantize_guarded(export_dir: Path, q_dir: Path, *, target: str, method: str,
     (recipe, method, calibration, and the guard's decisions). ``dice_of_bundle(path)`` scores
     a candidate bundle on the validation images; ``work`` holds the temporary candidates."""
     from edgeseg.quantize import TARGETS, Int8Quantizer, int8_manifest, weight_only_int8
+    from edgeseg.quantize.parity import int8_parity
     from edgeseg.runtime.bundle import read_bundle, write_bundle
 
     src = read_bundle(export_dir)
@@ -80,8 +80,9 @@ def quantize_guarded(export_dir: Path, q_dir: Path, *, target: str, method: str,
     if TARGETS[target].weight_only:
         with tempfile.TemporaryDirectory(prefix=".edgeseg-q-", dir=work) as td:
             onnx_path = weight_only_int8(src.model_file, Path(td) / "model.onnx")
-            write_bundle(q_dir, {"model.onnx": onnx_path},
-                         int8_manifest(src.manifest, target, calib_info=None, source_sha256=source_sha))
+            m = int8_manifest(src.manifest, target, calib_info=None, source_sha256=source_sha)
+            par = int8_parity(src.model_file, onnx_path, calib, m.session_config or None)
+            write_bundle(q_dir, {"model.onnx": onnx_path}, m.derive(parity=par))
         return {"recipe": target, "method": "none (weight-only)", "calibration": calib_info, "float_blocks": [],
                 "dice_fp32": fp32_dice}
 
@@ -120,8 +121,7 @@ def quantize_guarded(export_dir: Path, q_dir: Path, *, target: str, method: str,
             if bar is not None:
                 bar.close()
         notes.update(guard)
-        chosen = built[tuple(excluded)]
-        with atomic_dir(q_dir) as tmp:
-            for f in chosen.iterdir():
-                os.replace(f, tmp / f.name)
+        chosen = read_bundle(built[tuple(excluded)])  # sealed again with its own parity check
+        par = int8_parity(src.model_file, chosen.model_file, calib, chosen.manifest.session_config or None)
+        write_bundle(q_dir, {"model.onnx": chosen.model_file}, chosen.manifest.derive(parity=par))
     return notes

@@ -167,8 +167,11 @@ def quantize(src: str | Path, out: str | Path, target: str, calib: str | Path | 
         _write_int8(model_file, onnx_out, recipe, method, x, info, float_blocks)
         if manifest is None:
             return out
+        from edgeseg.quantize.parity import int8_parity
+
         m = int8_manifest(manifest, recipe, method=method, calib_info=info, float_blocks=float_blocks,
                           source_sha256=sha256_file(model_file), model="model.onnx")
+        m = m.derive(parity=int8_parity(model_file, onnx_out, x, m.session_config or None))
         return write_bundle(out, {"model.onnx": onnx_out}, m, overwrite=True)
 
 
