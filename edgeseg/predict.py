@@ -42,7 +42,7 @@ def list_images(src: Path) -> list[tuple[str, Path]]:
         return [(src.stem, src)]
     if not src.is_dir():
         raise DataError(f"images not found: {src}")
-    files = D._files(src)
+    files = D.image_files(src)
     if not files:
         raise DataError(f"no images found in {src} (looked for jpg, png, tif, bmp)")
     items: dict[str, Path] = {}

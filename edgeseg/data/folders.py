@@ -39,7 +39,7 @@ class Sample:
     masks: tuple[Path, ...]
 
 
-def _files(root: Path) -> list[Path]:
+def image_files(root: Path) -> list[Path]:
     """Every image file under ``root``. Linked sub-folders are followed (once each, no loops);
     a sub-folder that cannot be read or a link that leads nowhere is an error naming it, never a
     silently smaller data set."""
@@ -162,7 +162,7 @@ def discover(root: str | Path, split: str | None = None, require_masks: bool = T
         if require_masks:
             raise DataError(f"{root} has no images/ folder (expected images/ and masks/ side by side)")
         img_root = root
-    images = _files(img_root)
+    images = image_files(img_root)
     if img_root == root:
         images = [p for p in images if mask_root not in p.parents]
     if not images:
@@ -177,7 +177,7 @@ def discover(root: str | Path, split: str | None = None, require_masks: bool = T
 
     masks: dict[str, list[Path]] = {}
     if mask_root.is_dir():
-        for p in _files(mask_root):
+        for p in image_files(mask_root):
             k = _key(p, mask_root)
             m = _MASK_SUFFIX.match(k)
             base = k

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import abc
 import threading
 from pathlib import Path
 
@@ -28,8 +29,9 @@ SAMPLE_EVERY_S = 0.01
 INA3221_ROOT = "/sys/bus/i2c/drivers/ina3221"
 
 
-class Sampler:
-    """Calls :meth:`sample` on entry, every ``every_s`` seconds in a thread, and on exit."""
+class Sampler(abc.ABC):
+    """Calls :meth:`sample` on entry, every ``every_s`` seconds in a thread, and on exit.
+    Subclasses say what one sample is (RSS, power)."""
 
     thread_name = "edgeseg-sampler"
 
@@ -38,8 +40,9 @@ class Sampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def sample(self) -> None:  # pragma: no cover - every subclass defines it
-        raise NotImplementedError
+    @abc.abstractmethod
+    def sample(self) -> None:
+        """Take one reading (called from the sampling thread)."""
 
     def available(self) -> bool:
         """Whether there is anything to sample here (no thread is started otherwise)."""
