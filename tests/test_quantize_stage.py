@@ -110,14 +110,15 @@ def test_outputs_are_checked_before_any_work(fp32_bundle, embedded, tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    with pytest.raises(ConfigError, match="already exists"):
-        quantize(fp32_bundle, foreign, "cpu-weights")
-    with pytest.raises(ConfigError, match="not an edgeseg bundle"):
-        quantize(fp32_bundle, foreign, "cpu-weights", overwrite=True)
+    for overwrite in (False, True):  # a folder edgeseg did not write is never replaced
+        with pytest.raises(ConfigError, match="did not write"):
+            quantize(fp32_bundle, foreign, "cpu-weights", overwrite=overwrite)
     assert (foreign / "notes.txt").read_text() == "keep me"
     with pytest.raises(ConfigError, match="inside"):
         quantize(fp32_bundle, fp32_bundle / "int8", "cpu-weights")
     first = quantize(fp32_bundle, tmp_path / "w8", "cpu-weights")
+    with pytest.raises(ConfigError, match="--overwrite"):  # an earlier bundle is replaced only when asked
+        quantize(fp32_bundle, first, "cpu-weights")
     assert quantize(fp32_bundle, first, "cpu-weights", overwrite=True) == first
     with pytest.raises(ConfigError, match="FP32"):  # an INT8 bundle is not quantized again
         quantize(first, tmp_path / "again", "cpu-weights")

@@ -19,6 +19,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from edgeseg.errors import ConfigError, DataError, ModelError
+from edgeseg.outputs import check_output, check_output_file
 from edgeseg.quantize.graph import edgeseg_meta, load_onnx
 from edgeseg.quantize.targets import QuantRecipe, get_target
 from edgeseg.runtime.bundle import is_bundle, read_bundle, write_bundle
@@ -87,22 +88,16 @@ def _source(src: Path) -> tuple[Path, Preprocess, Any]:
 
 
 def _check_out(src: Path, out: Path, bundle: bool, overwrite: bool) -> None:
-    s, o = src.resolve(), out.resolve()
-    if o == s or s in o.parents:
-        raise ConfigError(f"output {out} is the input or lies inside it; choose another output path")
+    """The output matches the input's kind (a bundle folder or an .onnx file); where it may be
+    written is :mod:`edgeseg.outputs`' one policy (never the input, never a foreign folder)."""
     if not bundle and out.suffix.lower() != ".onnx":
         raise ConfigError(f"the input is an ONNX file, so the output is one too: name it *.onnx (got {out})")
     if bundle and out.suffix.lower() == ".onnx":
         raise ConfigError(f"the input is a bundle, so the output is a bundle folder, not an .onnx file ({out})")
-    if out.exists() or out.is_symlink():
-        if not overwrite:
-            raise ConfigError(f"{out} already exists; pass --overwrite to replace it, or choose a new path")
-        if bundle and not is_bundle(out):
-            raise ConfigError(f"{out} exists and is not an edgeseg bundle; refusing to replace it")
-        if not bundle and not out.is_file():
-            raise ConfigError(f"{out} exists and is not a file; refusing to replace it")
-    if out.parent.exists() and not out.parent.is_dir():
-        raise ConfigError(f"cannot write {out}: {out.parent} is not a folder")
+    if bundle:
+        check_output(out, "bundle", inputs=[src], overwrite=overwrite, flag="output")
+    else:
+        check_output_file(out, "output", inputs=[src], overwrite=overwrite)
 
 
 def _calibration(calib, pp: Preprocess, recipe: QuantRecipe, count: int, split: str | None, seed: int,
