@@ -4,6 +4,13 @@ Loss = (1 - alpha) * (CE + Dice against the masks)
      + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
      + beta * sum over stages of MSE(student stage features, teacher stage features)
 
+Every image counts for the teacher term: ``DistillConfig.extra_images`` names a folder of
+images that need no masks (``--distill-images``); they join the training images with an
+"unlabelled" mask (:data:`UNLABELLED` everywhere), so their batches carry only the KL (and
+feature) terms, while labelled images carry both. Augmentations (flips, rotations, intensity)
+apply to them alike: the teacher sees the same augmented image, so its soft targets stay
+consistent with the student's input.
+
 The student is the pruned teacher (same residual widths, so stage features can be matched
 directly) or a smaller variant initialised from the teacher wherever tensor shapes agree.
 Uses the shared training loop: resumable, progress bar, CPU or CUDA, DDP under torchrun.
@@ -38,12 +45,15 @@ from edgeseg.train.loop import TrainConfig, class_weights_for, evaluate_model, f
 
 log = logging.getLogger(__name__)
 
+UNLABELLED = 255  # the mask value of an image without ground truth (every pixel)
+
 
 @dataclass(frozen=True)
 class DistillConfig:
     temperature: float = 2.0
     alpha: float = 0.5  # weight of the teacher's soft targets vs the ground truth
     feature_weight: float = 0.0  # stage-feature matching (students with the teacher's widths)
+    extra_images: str | None = None  # a folder of images without masks: teacher term only
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -93,9 +103,11 @@ def make_loss(teacher, cfg: DistillConfig, class_weights, dice_weight: float = 1
     def loss_fn(logits, x, y):
         with torch.no_grad():
             t_logits = teacher(pixel_values=x).logits
-        gt = seg_loss(logits, y, class_weights, dice_weight)
+        labelled = (y != UNLABELLED).flatten(1).any(1)
         kl = F.kl_div(F.log_softmax(logits / T, 1), F.softmax(t_logits / T, 1), reduction="none").sum(1).mean()
-        loss = (1 - cfg.alpha) * gt + cfg.alpha * T * T * kl
+        loss = cfg.alpha * T * T * kl
+        if bool(labelled.any()):  # the ground-truth term over the labelled images of the batch
+            loss = loss + (1 - cfg.alpha) * seg_loss(logits[labelled], y[labelled], class_weights, dice_weight)
         if t_feats is not None:
             tf, sf = t_feats.take(), s_feats.take()
             if len(tf) == len(sf) and all(a.shape == b.shape for a, b in zip(tf, sf)):
@@ -133,13 +145,22 @@ def distill(student, teacher, meta, train: TrainConfig, dcfg: DistillConfig, tea
     number of steps the run will take, so the caller can say how long it will last."""
     from edgeseg.train import resume as R
 
+    if meta.intensity and not train.intensity:  # [intensity] the student reads images as its teacher did
+        from dataclasses import replace
+
+        from edgeseg.runtime.intensity import IntensityPolicy
+
+        train = replace(train, intensity=IntensityPolicy.from_dict(meta.intensity).spec())
     _, state = R.plan(train, overwrite=overwrite)
     pp: Preprocess = meta.preprocess
     nc = len(meta.classes)
     train_s = D.discover(train.data, train.train_split)
     val_s = D.discover(train.data, train.val_split) if train.val_split else train_s
-    xs, ys, _ = load_arrays(train_s, pp, nc)
-    _, _, val_orig = load_arrays(val_s, pp, nc, keep_original=True)
+    xs, ys, _ = load_arrays(train_s, pp, nc, intensity=meta.intensity or None)
+    cw = torch.tensor(class_weights_for(ys, nc), dtype=torch.float32)  # from the labelled images only
+    if dcfg.extra_images:
+        xs, ys = _with_unlabelled(xs, ys, dcfg.extra_images, pp)
+    _, _, val_orig = load_arrays(val_s, pp, nc, keep_original=True, intensity=meta.intensity or None)
     names = [s.name for s in val_s]
     device = train.device if train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     agree_pairs = teacher_masks(teacher, meta, val_orig, train.progress)  # the teacher's masks as the target
@@ -148,7 +169,7 @@ def distill(student, teacher, meta, train: TrainConfig, dcfg: DistillConfig, tea
     start_agreement = evaluate_model(student, agree_pairs, pp, nc, device, names=names)["mean_dice"]
     start_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
     student.train()
-    cw = torch.tensor(class_weights_for(ys, nc), dtype=torch.float32, device=device)
+    cw = cw.to(device)
     loss_fn = make_loss(teacher, dcfg, cw if train.class_weighting else None, train.dice_weight, student)
     if announce is not None:
         announce(_step_seconds(student, loss_fn, xs, ys, pp, train.batch_size, device),
@@ -162,6 +183,23 @@ def distill(student, teacher, meta, train: TrainConfig, dcfg: DistillConfig, tea
               extra_training={"distill": dcfg.__dict__, "val_metric": "agreement with the teacher's masks"},
               state=state)
     return _keep_better(out, student, start_state, start_agreement, val_orig, names, pp, nc, device)
+
+
+def _with_unlabelled(xs: np.ndarray, ys: np.ndarray, folder: str, pp: Preprocess) -> tuple[np.ndarray, np.ndarray]:
+    """The training arrays with the images of ``folder`` (masks not needed) appended, each with
+    a mask of :data:`UNLABELLED`."""
+    from edgeseg.runtime.preprocess import resize
+
+    extra = D.discover(folder, None, require_masks=False)
+    if not extra:
+        raise ConfigError(f"--distill-images {folder}: no images found")
+    imgs = np.empty((len(extra), pp.height, pp.width, 3), np.uint8)
+    for i, s in enumerate(extra):
+        im = D.read_image(s.image).astype(np.float32)
+        imgs[i] = np.clip(resize(im, pp.height, pp.width) + 0.5, 0, 255).astype(np.uint8)
+    log.info("distillation: %d labelled + %d unlabelled images", len(xs), len(extra))
+    masks = np.full((len(extra), pp.height, pp.width), UNLABELLED, np.uint8)
+    return np.concatenate([xs, imgs]), np.concatenate([ys, masks])
 
 
 def _step_seconds(student, loss_fn, xs, ys, pp, batch_size: int, device) -> float:
@@ -199,7 +237,9 @@ def _keep_better(out: Path, student, start_state: dict, start_agreement: float, 
     from edgeseg.train.resume import RESUME_DIR
 
     unfinished = (Path(out) / RESUME_DIR).is_dir()  # stopped early (time budget): keep its resume state
-    save_checkpoint(model.eval(), kept_meta, out, keep=(RESUME_DIR,) if unfinished else ())
+    from edgeseg.track import LOG_DIR
+
+    save_checkpoint(model.eval(), kept_meta, out, keep=(RESUME_DIR, LOG_DIR) if unfinished else (LOG_DIR,))
     return Path(out)
 
 

@@ -11,6 +11,11 @@ from edgeseg.cli.app import _setup_logging, command
 from edgeseg.cli.options import VERBOSE, _classes, _ints
 from edgeseg.quantize.targets import target_names
 
+EXIT_OVER_BUDGET = 3  # compress: no model meets every budget (and --accept-over-budget was not given)
+
+LOG = typer.Option(None, "--log", help="Also log each epoch to tensorboard, mlflow (local store) or wandb (offline); "
+                   "repeatable. OUT/logs/metrics.csv and curves.png are always written.")
+
 
 @command
 def train(
@@ -32,9 +37,15 @@ def train(
     time_budget: Optional[float] = typer.Option(None, help="Stop after the epoch that passes N minutes."),
     seed: int = typer.Option(0, help="Random seed (weights, shuffling, augmentation)."),
     no_augment: bool = typer.Option(False, "--no-augment", help="No flips, rotations or intensity jitter."),
+    intensity: Optional[str] = typer.Option(None, "--intensity", help="How pixels of any type become the model's "
+                                            "8-bit RGB, recorded in the checkpoint and bundle: ct:soft-tissue, "
+                                            "ct:lung, ct:bone, ct:brain, window:LEVEL,WIDTH, percentile:LOW,HIGH or "
+                                            "minmax:MIN,MAX (default: none; 8-bit and 16-bit images as they are, "
+                                            "DICOM/NIfTI/float refused)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT when it holds an earlier training run."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    log: Optional[list[str]] = LOG,
     verbose: bool = VERBOSE,
 ):
     """Train or fine-tune a SegFormer; writes a standard HF checkpoint directory.
@@ -53,7 +64,7 @@ def train(
         init=str(init) if init else None, train_split=train_split, val_split=val_split,
         classes=_classes(classes), size=size, epochs=epochs, batch_size=batch_size, lr=lr,
         warmup_steps=warmup_steps, device=device, threads=threads, time_budget_min=time_budget, seed=seed,
-        augment=not no_augment, progress=not quiet,
+        augment=not no_augment, progress=not quiet, log=tuple(log or ()), intensity=intensity,
     )
     path = run_train(cfg, overwrite=overwrite)
     from edgeseg.model.checkpoint import read_meta
@@ -137,10 +148,13 @@ def distill(
                                       "Default: 2.0."),
     alpha: float = typer.Option(0.5, "--alpha", help="Weight of the teacher's soft targets vs the masks, in [0, 1]. "
                                 "Default: 0.5."),
+    distill_images: Optional[Path] = typer.Option(None, "--distill-images", help="Extra images (masks not needed) "
+                                                  "that train the teacher term only. Default: none."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto. Default: auto."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads. Default: torch's choice."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT when it is an earlier edgeseg checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    log: Optional[list[str]] = LOG,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr."),
 ):
     """Distil a student checkpoint from a teacher; keeps the epoch that agrees best with the teacher.
@@ -156,12 +170,15 @@ def distill(
     from edgeseg.outputs import check_output
     from edgeseg.train.loop import TrainConfig
 
-    dcfg = DistillConfig(temperature=temperature, alpha=alpha)
-    check_output(out, "checkpoint", inputs=[teacher, student, train_dir], overwrite=overwrite, resumable=True)
+    dcfg = DistillConfig(temperature=temperature, alpha=alpha,
+                         extra_images=str(distill_images) if distill_images else None)
+    check_output(out, "checkpoint", inputs=[teacher, student, train_dir, distill_images], overwrite=overwrite,
+                 resumable=True)
     meta = read_meta(teacher)
     tcfg = TrainConfig(data=str(train_dir), out=str(out), train_split=train_split, val_split=val_split,
                        classes=tuple(meta.classes), size=max(32, meta.preprocess.height // 32 * 32), epochs=epochs,
-                       batch_size=batch_size, lr=lr, device=device, progress=not quiet, threads=threads)
+                       batch_size=batch_size, lr=lr, device=device, progress=not quiet, threads=threads,
+                       log=tuple(log or ()))
     path = distill_checkpoint(teacher, student, tcfg, dcfg, student_note=student.name, overwrite=overwrite)
     sel = read_meta(path).training.get("selection") or {}
     typer.echo(f"kept the {sel.get('kept')} (agreement with the teacher {sel.get('best_agreement', 0):.4f} at the "
@@ -188,7 +205,27 @@ def compress(
     int8: Optional[bool] = typer.Option(None, "--int8/--no-int8", help="INT8 quantization."),
     target: Optional[str] = typer.Option(None, help=f"INT8 target: {', '.join(target_names())}."),
     calib_method: Optional[str] = typer.Option(None, help="minmax, entropy or percentile."),
-    max_dice_drop: Optional[float] = typer.Option(None, help="Dice budget vs the teacher for the INT8 guard."),
+    max_dice_drop: Optional[float] = typer.Option(None, help="Budget: mean Dice drop vs the teacher on --val (also "
+                                                  "the INT8 guard's). Default: 0.01."),
+    max_image_drop: Optional[float] = typer.Option(None, help="Budget: the --image-quantile of the per-image Dice "
+                                                   "drop vs the teacher. Default: 0.05."),
+    image_quantile: Optional[float] = typer.Option(None, help="Quantile of the per-image budget, in (0, 1]. "
+                                                   "Default: 0.95."),
+    min_agreement: Optional[float] = typer.Option(None, help="Budget: mean Dice between the model's and the "
+                                                  "teacher's masks. Default: 0.95."),
+    max_lost_lesions: Optional[int] = typer.Option(None, help="Budget: teacher's lesions (connected components) the "
+                                                   "model no longer touches. Default: 0."),
+    accept_over_budget: bool = typer.Option(False, "--accept-over-budget", help="When no model meets every budget, "
+                                            "still write the closest one's bundle, marked over budget."),
+    search: Optional[bool] = typer.Option(None, "--search/--no-search", help="Search candidates from gentle to "
+                                          "aggressive for the fastest within budget. Default: on, off when a "
+                                          "pruning option is given (that one recipe runs)."),
+    time_budget: Optional[float] = typer.Option(None, help="Minutes the search may take (estimate printed first). "
+                                                "Default: 60."),
+    runtime: Optional[str] = typer.Option(None, help="What exported models are timed with: onnxruntime (openvino, "
+                                          "auto: when edgeseg.measure.runtimes is installed). Default: onnxruntime."),
+    distill_images: Optional[Path] = typer.Option(None, help="Extra images (no masks needed) for distillation's "
+                                                  "teacher term. Default: none."),
     device: Optional[str] = typer.Option(None, help="Distillation device: cpu, cuda, auto."),
     threads: Optional[int] = typer.Option(None, help="Threads for timing and training."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT when it holds an earlier compress "
@@ -202,8 +239,13 @@ def compress(
     finished stages when started again with the same options; other options are refused, naming
     what differs (or pass --overwrite to start again).
 
+    Budgets (measured on --val): mean Dice drop, a per-image quantile of the drop, agreement
+    with the teacher's masks, lost lesions. The bundle is written only for a model meeting every
+    budget; otherwise the command exits 3 with one line per missed budget and writes no bundle
+    (the stages stay for a rerun), unless --accept-over-budget (bundle marked over budget).
+
     Example: edgeseg compress runs/b0 --calib data/kvasir --calib-split calibration --val data/kvasir
-    --val-split val --train data/kvasir --train-split train --max-dice-drop 0.01 -o runs/compressed
+    --val-split val --train data/kvasir --train-split train --time-budget 60 -o runs/compressed
     """
     _setup_logging(verbose)
     from edgeseg.compress.pipeline import Compressor, Recipe, default_job
@@ -213,21 +255,37 @@ def compress(
                  target_macs=target_macs, importance=importance, depths=_ints(depths, "--depths"),
                  distill_epochs=distill_epochs, int8=int8,
                  target=target, calib_method=calib_method, max_dice_drop=max_dice_drop, device=device,
-                 threads=threads)
+                 threads=threads, max_image_drop=max_image_drop, image_quantile=image_quantile,
+                 min_agreement=min_agreement, max_lost_lesions=max_lost_lesions, search=search,
+                 time_budget=time_budget, runtime=runtime, distill_images=distill_images)
     given = {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items() if v is not None}
     if given.get("int8") is False:  # [conflicts] INT8-only options with --no-int8 would be silently ignored
         from edgeseg.errors import ConfigError
 
-        other = [f"--{k.replace('_', '-')}" for k in ("target", "calib_method", "max_dice_drop") if k in given]
+        other = [f"--{k.replace('_', '-')}" for k in ("target", "calib_method") if k in given]
         if other:
             raise ConfigError(f"--no-int8 conflicts with {', '.join(other)}, which only applies to INT8 quantization")
     if checkpoint is None:
         checkpoint, defaults = default_job()
         given = {**defaults, **given}
         typer.echo(f"no checkpoint given: compressing the embedded demo teacher {checkpoint}", err=True)
+    pruning = [k for k in ("prune_ratio", "decoder_ratio", "target_macs", "depths") if k in given]
+    if pruning and given.get("search"):
+        from edgeseg.errors import ConfigError
+
+        raise ConfigError(f"--search conflicts with {', '.join('--' + k.replace('_', '-') for k in pruning)}: the "
+                          "search chooses the pruning itself (pass --no-search to run that one recipe)")
+    if pruning and "search" not in given:
+        given["search"] = False  # pruning options name one recipe
     rec = Recipe.from_file(recipe, **given) if recipe else Recipe(**given)
-    report = Compressor(checkpoint, out, rec, progress=not quiet, overwrite=overwrite).run()
-    from edgeseg.compress.report import terminal_table
+    report = Compressor(checkpoint, out, rec, progress=not quiet, overwrite=overwrite,
+                        accept_over_budget=accept_over_budget).run()
+    from edgeseg.compress.report import budget_lines, terminal_table
 
     typer.echo(terminal_table(report))
-    typer.echo(f"bundle: {report['bundle']}\nreport: {out / 'report.md'}")
+    typer.echo(f"bundle: {report['bundle'] or 'none (over budget)'}\nreport: {out / 'report.md'}")
+    if not report["budgets"]["met"]:
+        for line in budget_lines(report):
+            typer.echo(("warning: " if report["budgets"]["accepted_over_budget"] else "error: ") + line, err=True)
+        if not report["budgets"]["accepted_over_budget"]:
+            raise typer.Exit(EXIT_OVER_BUDGET)

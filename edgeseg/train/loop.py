@@ -4,7 +4,8 @@ Images are read and resized once (the same numpy pre-processing the device uses)
 memory as uint8 at the model's input size, augmented on the fly in torch. Validation scores
 argmax masks at each image's ORIGINAL size with the numpy metrics, every epoch. The best
 checkpoint is written atomically; ``OUT/.resume/`` holds the last epoch's full state so an
-interrupted run continues where it stopped.
+interrupted run continues where it stopped. Each epoch's record (loss, Dice, IoU, precision,
+recall, F1, learning rate, time) goes to ``OUT/logs/`` and the ``--log`` backends (edgeseg.track).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from edgeseg.model.variants import build_model
 from edgeseg.runtime.files import atomic_write_json
 from edgeseg.runtime.metrics import MetricAccumulator
 from edgeseg.runtime.preprocess import Preprocess, postprocess, resize
+from edgeseg.track import LOG_DIR, RunLog, epoch_record
 from edgeseg.train import resume as R
 from edgeseg.train.resume import TrainState
 from edgeseg.train.augment import augment, to_tensor
@@ -59,8 +61,13 @@ class TrainConfig:
     threads: int | None = None
     time_budget_min: float | None = None
     progress: bool = True
+    log: tuple[str, ...] = ()  # --log backends (edgeseg.track); the CSV and PNG curves are always written
+    intensity: str | None = None  # intensity policy (edgeseg.runtime.intensity.parse), e.g. "ct:soft-tissue"
 
     def __post_init__(self) -> None:
+        from edgeseg.track import check_backends
+
+        object.__setattr__(self, "log", check_backends(self.log))
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch size must be at least 1")
         if self.size < 32 or self.size % 32:
@@ -69,6 +76,7 @@ class TrainConfig:
             raise ConfigError(f"learning rate {self.lr} out of range (0, 1)")
         if len(self.classes) < 2:
             raise ConfigError("need at least two classes (background and one more)")
+        intensity_policy(self.intensity)  # a bad --intensity is refused before any work
 
 
 def pick_device(name: str) -> str:
@@ -83,13 +91,26 @@ def pick_device(name: str) -> str:
     return name
 
 
-def load_arrays(samples, pp: Preprocess, num_classes: int, keep_original: bool = False):
+def intensity_policy(spec: str | None):
+    """--intensity as a policy (None: 8-bit images as they are), or one ConfigError line."""
+    if not spec:
+        return None
+    from edgeseg.runtime.errors import InputError
+    from edgeseg.runtime.intensity import parse
+
+    try:
+        return parse(spec)
+    except InputError as exc:
+        raise ConfigError(f"--intensity: {exc}") from None
+
+
+def load_arrays(samples, pp: Preprocess, num_classes: int, keep_original: bool = False, intensity=None):
     """Read, check and resize a list of samples -> uint8 images (N,h,w,3), masks (N,h,w)."""
     imgs = np.empty((len(samples), pp.height, pp.width, 3), np.uint8)
     masks = np.empty((len(samples), pp.height, pp.width), np.uint8)
     originals = []
     for i, s in enumerate(samples):
-        image, mask = D.load_pair(s, num_classes)
+        image, mask = D.load_pair(s, num_classes, intensity=intensity)
         imgs[i] = np.clip(resize(image.astype(np.float32), pp.height, pp.width) + 0.5, 0, 255).astype(np.uint8)
         onehot = np.stack([(mask == c).astype(np.float32) for c in range(num_classes)], axis=-1)
         masks[i] = resize(onehot, pp.height, pp.width).argmax(axis=-1).astype(np.uint8)
@@ -142,8 +163,9 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     if not val_s:
         val_s = train_s
     log.info("reading %d training and %d validation images from %s", len(train_s), len(val_s), cfg.data)
-    xs, ys, _ = load_arrays(train_s, pp, num_classes)
-    _, _, val_orig = load_arrays(val_s, pp, num_classes, keep_original=True)
+    policy = intensity_policy(cfg.intensity)
+    xs, ys, _ = load_arrays(train_s, pp, num_classes, intensity=policy)
+    _, _, val_orig = load_arrays(val_s, pp, num_classes, keep_original=True, intensity=policy)
 
     provenance: dict = {"data": str(Path(cfg.data).resolve()), "train_split": cfg.train_split,
                         "val_split": cfg.val_split, "train_set": D.fingerprint(train_s),
@@ -226,7 +248,9 @@ def fit(model, xs: np.ndarray, ys: np.ndarray, val_orig, val_names, pp: Preproce
     x_all = torch.from_numpy(xs)
     y_all = torch.from_numpy(ys)
     t_start = time.time() - state.elapsed_s
+    run_log = RunLog(out, cfg.log, params=R.settings_of(cfg))
     for epoch in range(state.epoch, cfg.epochs):
+        t_epoch = time.time()
         net.train()
         perm = torch.randperm(len(xs), generator=gen)[rank::world]
         bar = _bar(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and rank == 0)
@@ -254,9 +278,8 @@ def fit(model, xs: np.ndarray, ys: np.ndarray, val_orig, val_names, pp: Preproce
         state.elapsed_s = time.time() - t_start
         if rank == 0:
             summary = evaluate_model(model, val_orig, pp, num_classes, device, names=val_names)
-            rec = {"epoch": state.epoch, "train_loss": float(np.mean(losses)), "val_dice": summary["mean_dice"],
-                   "val_iou": summary["mean_iou"], "lr": sched.get_last_lr()[0],
-                   "elapsed_s": round(state.elapsed_s, 1)}
+            rec = epoch_record(state.epoch, np.mean(losses), summary, sched.get_last_lr()[0], time.time() - t_epoch,
+                               state.elapsed_s)
             state.history.append(rec)
             print(f"epoch {state.epoch}/{cfg.epochs}  train loss {rec['train_loss']:.4f}  val Dice "
                   f"{rec['val_dice']:.4f}  val IoU {rec['val_iou']:.4f}  lr {rec['lr']:.2e}  "
@@ -265,6 +288,7 @@ def fit(model, xs: np.ndarray, ys: np.ndarray, val_orig, val_names, pp: Preproce
                 state.best_dice, state.best_epoch = summary["mean_dice"], state.epoch
                 meta = CheckpointMeta(
                     preprocess=pp, classes=list(cfg.classes),
+                    intensity=intensity_policy(cfg.intensity).to_dict() if cfg.intensity else {},
                     metrics={"val": _round(summary), "epoch": state.epoch},
                     provenance=provenance,
                     training={**{k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
@@ -274,8 +298,9 @@ def fit(model, xs: np.ndarray, ys: np.ndarray, val_orig, val_names, pp: Preproce
                 )
                 # the resume state lives in OUT: carry ours across the checkpoint's atomic replacement
                 # (an --overwrite'n run's old state is dropped at its first save)
-                save_checkpoint(model, meta, out, keep=(R.RESUME_DIR,) if resuming else ())
+                save_checkpoint(model, meta, out, keep=(R.RESUME_DIR, LOG_DIR) if resuming else ())
             R.save(out, model, opt, sched, state)
+            run_log.update(state.history)
             resuming = True
         if world > 1:
             import torch.distributed as dist
@@ -286,6 +311,7 @@ def fit(model, xs: np.ndarray, ys: np.ndarray, val_orig, val_names, pp: Preproce
             break
     if rank == 0:
         _update_history(out, state)
+        run_log.finish(state.history)
         if state.epoch >= cfg.epochs:  # finished: nothing left to resume
             import shutil
 

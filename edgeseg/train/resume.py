@@ -20,7 +20,7 @@ from edgeseg.runtime.files import atomic_dir, atomic_write_json, read_json
 
 RESUME_DIR = ".resume"
 # options that change how fast or where a run goes, not what it learns: they may differ on resume
-NOT_SETTINGS = ("out", "progress", "threads", "time_budget_min", "device")
+NOT_SETTINGS = ("out", "progress", "threads", "time_budget_min", "device", "log")
 
 
 @dataclass
