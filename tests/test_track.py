@@ -118,3 +118,38 @@ def test_cli_missing_backend_one_line(tmp_path, embedded):
                 "--log", "tensorboard", "--log", missing[0])
     one_line_error(r, f"pip install {missing[0]}")
     assert not (tmp_path / "m").exists()
+
+
+def test_confusion_matrix_counts_pixels_by_true_and_predicted_class():
+    import numpy as np
+
+    from edgeseg.measure.confusion import ConfusionMatrix
+
+    cm = ConfusionMatrix(["bg", "a", "b"])
+    gt = np.array([[0, 0, 1], [1, 2, 2]])
+    pred = np.array([[0, 1, 1], [2, 2, 0]])
+    cm.add(pred, gt)
+    d = cm.to_dict()
+    assert d["counts"] == [[1, 1, 0], [0, 1, 1], [1, 0, 1]] and d["pixels"] == 6
+    assert d["normalised"][0] == [0.5, 0.5, 0.0]
+    cm2 = ConfusionMatrix(["bg", "a", "b"])
+    cm2.add(np.zeros((2, 2), int), np.zeros((2, 2), int))
+    assert cm2.to_dict()["normalised"][1] == [None, None, None]  # a class absent from the ground truth
+
+
+def test_evaluate_writes_the_confusion_matrix(tiny_bundle, embedded, tmp_path):
+    png, summary_json = tmp_path / "cm.png", tmp_path / "summary.json"
+    r = run_cli("evaluate", tiny_bundle, embedded, "--split", "val", "--confusion", png, "--json", summary_json,
+                "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    conf = json.loads(png.with_suffix(".json").read_text())
+    summary = json.loads(summary_json.read_text())["summary"]
+    assert conf == summary["confusion"]
+    # binary: rows/columns (background, foreground) are the pooled tn, fp / fn, tp of the metrics
+    assert conf["counts"] == [[summary["tn"], summary["fp"]], [summary["fn"], summary["tp"]]]
+    for row in conf["normalised"]:
+        assert row[0] is None or sum(row) == pytest.approx(1.0)
+    # an existing file is not replaced without --overwrite: one line, before any work
+    r = run_cli("evaluate", tiny_bundle, embedded, "--split", "val", "--confusion", png, "--quiet")
+    one_line_error(r, "--confusion")
