@@ -43,12 +43,16 @@ def is_checkpoint(path: str | Path) -> bool:
 def torch_segmenter(model, meta, device: str = "cpu", path: str | Path = "<memory>") -> Segmenter:
     info = {"preprocess": meta.preprocess.to_dict(), "classes": meta.classes,
             "colors": [list(c) for c in meta.colors], "outputs": [{"name": "logits", "kind": "logits"}]}
+    if getattr(meta, "intensity", None):  # [intensity] the same policy the bundle's runtime applies
+        info["intensity"] = meta.intensity
     return Segmenter.from_runner(TorchRunner(model, device), info, path)
 
 
 def open_model(path: str | Path, providers: list[str] | None = None, threads: int | None = None,
-               device: str = "cpu") -> Segmenter:
-    """The one way the toolkit opens a model to run it."""
+               device: str = "cpu", runtime: str | None = None) -> Segmenter:
+    """The one way the toolkit opens a model to run it. ``runtime`` (onnxruntime, openvino, auto;
+    see ``edgeseg.runtime.runners.RUNTIMES``) applies to bundles and ONNX files; a checkpoint runs
+    on torch and refuses any other runtime."""
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model not found: {path} (expected a {expected()})")
@@ -58,13 +62,17 @@ def open_model(path: str | Path, providers: list[str] | None = None, threads: in
     if fmt.runner == "torch":
         from edgeseg.model.checkpoint import load_checkpoint
 
+        if runtime not in (None, "auto", "torch"):
+            raise ModelError(f"{path} is a checkpoint, which runs on torch; --runtime {runtime} applies to bundles "
+                             "and .onnx files (export the checkpoint first)")
+
         if threads:
             import torch
 
             torch.set_num_threads(threads)
         model, meta = load_checkpoint(path, device=device)
         return torch_segmenter(model, meta, device, path)
-    return Segmenter(path, providers=providers, threads=threads)
+    return Segmenter(path, providers=providers, threads=threads, runtime=runtime)
 
 
 def model_id(seg: Segmenter, path: str | Path) -> str:

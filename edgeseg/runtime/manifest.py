@@ -27,7 +27,9 @@ REQUIRED = ("model", "preprocess", "classes", "outputs", "precision")
 # optional JSON sections: name -> the JSON type it must have
 SECTIONS = {"colors": list, "provenance": dict, "metrics": dict, "parity": dict, "input_stats": dict,
             "quantization": dict, "onnxruntime": dict, "export": dict, "stages": list, "recipe": dict,
-            "calibration": dict, "budgets": dict, "intensity": dict}
+            "calibration": dict, "budgets": dict, "intensity": dict,
+            "runtime": dict,  # runtime: {"preferred", "measured", "cpu"} (edgeseg.measure.runtimes)
+            "uncertainty": dict, "temperature": dict}  # edgeseg.runtime.uncertainty / .temperature
 
 
 @dataclass(frozen=True)

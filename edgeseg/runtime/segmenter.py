@@ -16,6 +16,8 @@ from edgeseg.runtime.bundle import Bundle, read_bundle
 from edgeseg.runtime.errors import BundleError, InputError
 from edgeseg.runtime.formats import detect, expected
 from edgeseg.runtime.preprocess import Preprocess, postprocess, preprocess, resize_chw, softmax, validate_image
+from edgeseg.runtime.temperature import temper_probs, temperature_of
+from edgeseg.runtime.uncertainty import assess, profile_of
 
 COLOR_ORDERS = ("RGB", "BGR")
 ONNX_META_KEY = "edgeseg"  # exported ONNX files carry their manifest subset in metadata_props
@@ -23,7 +25,9 @@ ONNX_META_KEY = "edgeseg"  # exported ONNX files carry their manifest subset in 
 
 class Segmenter:
     def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None,
-                 verify: bool = True) -> None:
+                 verify: bool = True, runtime: str | None = None) -> None:
+        """``runtime``: onnxruntime, openvino, tensorrt (engines), or "auto" (the bundle's recorded
+        ``runtime.preferred`` when installed here); default: the format's own (see runners.RUNTIMES)."""
         path = Path(path)
         self.bundle: Bundle | None = None
         fmt = detect(path)
@@ -41,22 +45,18 @@ class Segmenter:
             raise BundleError(f"{path} is not a bundle (no edgeseg.json)")
         else:
             raise BundleError(f"model not found or of unknown type: {path} (expected a {expected('runtime')})")
-        if fmt.runner == "tensorrt":
-            from edgeseg.runtime.runners.tensorrt import TensorRTRunner
+        from edgeseg.runtime.runners import choose_runtime, open_runner
 
-            self.runner = TensorRTRunner(model_file)
-        else:
-            from edgeseg.runtime.runners.onnxrt import OnnxRuntimeRunner
-
-            cfg = self.bundle.manifest.session_config if self.bundle is not None else None
-            self.runner = OnnxRuntimeRunner(model_file, providers=providers, threads=threads, session_config=cfg,
-                                            model_bytes=self.bundle.model_bytes if self.bundle is not None else None)
-            if info is None:  # a bare ONNX file: its embedded metadata may ask for session settings
-                meta = json.loads(self.runner.metadata().get(ONNX_META_KEY, "{}") or "{}")
-                cfg = (meta.get("quantization") or {}).get("onnxruntime_session_config")
-                if cfg:
-                    self.runner = OnnxRuntimeRunner(model_file, providers=providers, threads=threads,
-                                                    session_config=cfg)
+        self.runtime = choose_runtime(runtime, fmt.name, info)
+        cfg = self.bundle.manifest.session_config if self.bundle is not None else None
+        self.runner = open_runner(self.runtime, model_file, providers=providers, threads=threads, session_config=cfg,
+                                  model_bytes=self.bundle.model_bytes if self.bundle is not None else None)
+        if info is None and self.runtime == "onnxruntime":  # a bare ONNX file may ask for session settings
+            meta = json.loads(self.runner.metadata().get(ONNX_META_KEY, "{}") or "{}")
+            cfg = (meta.get("quantization") or {}).get("onnxruntime_session_config")
+            if cfg:
+                self.runner = open_runner(self.runtime, model_file, providers=providers, threads=threads,
+                                          session_config=cfg)
         if info is None:
             meta = self.runner.metadata().get(ONNX_META_KEY)
             if meta is None:
@@ -74,6 +74,9 @@ class Segmenter:
         self._kinds = kinds
         _check_graph(self.runner, self.outputs, self.preprocess_spec, path)  # at load, not at the first predict
         self.drift_guard = _drift_guard(info, path)  # [drift guard] None when no input_stats recorded
+        self.intensity = _intensity(info, path)  # [intensity] None: uint8 RGB images only, as before
+        self.temperature = temperature_of(info, path)  # [temperature] 1.0 when the bundle records none
+        self.uncertainty_profile = profile_of(info, path)  # [uncertainty] None without a validation distribution
         self._warned_bgr = False
 
     @classmethod
@@ -89,6 +92,9 @@ class Segmenter:
         self.path = Path(path)
         self._kinds = {o["kind"]: o["name"] for o in self.outputs}
         self.drift_guard = _drift_guard(info, path)
+        self.intensity = _intensity(info, path)
+        self.temperature = temperature_of(info, path)
+        self.uncertainty_profile = profile_of(info, path)
         self._warned_bgr = False
         return self
 
@@ -97,6 +103,10 @@ class Segmenter:
         return len(self.classes)
 
     def prepare(self, images: list[np.ndarray]) -> np.ndarray:
+        """Images -> the model's NCHW batch; with an intensity policy the images are source pixels
+        (any dtype), mapped by it first, as in :meth:`predict`."""
+        if self.intensity is not None:
+            images = [_image(im, i, len(images), self.intensity) for i, im in enumerate(images)]
         return np.stack([preprocess(im, self.preprocess_spec) for im in images])
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -107,13 +117,16 @@ class Segmenter:
         """Graph outputs -> per-image masks (and probabilities) at the original sizes."""
         results = []
         for i, (h, w) in enumerate(sizes):
+            t = self.temperature if probabilities else 1.0  # [temperature] masks always from the raw outputs
             if "logits" in self._kinds:
-                results.append(postprocess(outs[self._kinds["logits"]][i].astype(np.float32), h, w, probabilities))
+                z = outs[self._kinds["logits"]][i].astype(np.float32)
+                r = postprocess(z, h, w, probabilities)
+                results.append(r if t == 1.0 else (r[0], postprocess(z / np.float32(t), h, w, True)[1]))
             elif "probs" in self._kinds:
                 p = resize_chw(outs[self._kinds["probs"]][i].astype(np.float32), h, w)
                 p = p / np.maximum(p.sum(axis=0, keepdims=True), 1e-12)
                 m = p.argmax(axis=0).astype(np.uint8)
-                results.append((m, p) if probabilities else m)
+                results.append((m, p if t == 1.0 else temper_probs(p, t)) if probabilities else m)
             else:
                 if probabilities:
                     raise InputError("this model outputs masks only; probabilities are not available")
@@ -121,15 +134,31 @@ class Segmenter:
                 results.append(_nearest(m, h, w))
         return results
 
-    def predict(self, image: np.ndarray, probabilities: bool = False, color: str = "RGB"):
+    def predict(self, image: np.ndarray, probabilities: bool = False, color: str = "RGB", uncertainty: bool = False,
+                tiled: bool = False):
         """One HxWx3 uint8 image -> uint8 mask (H, W) [, float32 probabilities (C, H, W)].
 
         ``color``: the channel order of ``image``: "RGB" (the default; PIL, imageio, tifffile) or
         "BGR" (what ``cv2.imread`` returns). When the bundle records input statistics and an
-        "RGB" image looks like a BGR one, a RuntimeWarning says so (once per Segmenter)."""
-        return self.predict_batch([image], probabilities, color)[0]
+        "RGB" image looks like a BGR one, a RuntimeWarning says so (once per Segmenter).
+        ``uncertainty``: return an :class:`edgeseg.runtime.uncertainty.Prediction` instead (mask,
+        uncertainty map, summary, and the flag against the bundle's validation distribution).
+        ``tiled``: predict by sliding windows instead (:meth:`predict_tiled`); images over 100 MP are
+        refused whole, never silently downscaled."""
+        if tiled:
+            return self.predict_tiled(image, probabilities=probabilities, color=color)
+        return self.predict_batch([image], probabilities, color, uncertainty)[0]
 
-    def predict_batch(self, images, probabilities: bool = False, color: str = "RGB") -> list:
+    def predict_tiled(self, image: np.ndarray, probabilities: bool = False, color: str = "RGB", **options):
+        """One image of any size by overlapping windows at the model's input size, blended
+        (:mod:`edgeseg.runtime.tiled`; ``options``: overlap, batch, blend, scale, skip_background)."""
+        from edgeseg.runtime.tiled import TileOptions, predict_array
+
+        image = np.asarray(image) if isinstance(image, np.ndarray) else image  # np.matrix etc.: the plain array
+        image = self._rgb(validate_image(image, max_pixels=None), color)
+        return predict_array(self, image, TileOptions(**options), probabilities)
+
+    def predict_batch(self, images, probabilities: bool = False, color: str = "RGB", uncertainty: bool = False) -> list:
         if isinstance(images, np.ndarray):
             if images.dtype == object or images.ndim != 4:
                 raise InputError("predict_batch needs a non-empty list of HxWx3 uint8 images or an NxHxWx3 uint8 array, got "
@@ -139,9 +168,12 @@ class Segmenter:
             raise InputError("predict_batch needs a non-empty list of HxWx3 uint8 images (or an NxHxWx3 array), got "
                              + (f"an empty {type(images).__name__}" if isinstance(images, (list, tuple))
                                 else type(images).__name__))
-        images = [self._rgb(_image(im, i, len(images)), color) for i, im in enumerate(images)]
-        batch = self.prepare(images)
+        images = [self._rgb(_image(im, i, len(images), self.intensity), color) for i, im in enumerate(images)]
+        batch = np.stack([preprocess(im, self.preprocess_spec) for im in images])  # mapped above, not again
         outs = self.infer(batch)
+        if uncertainty:  # [uncertainty] probabilities are needed; off, nothing below runs
+            res = self.finish(outs, [im.shape[:2] for im in images], True)
+            return [assess(m, p, self.uncertainty_profile, keep_probabilities=probabilities) for m, p in res]
         return self.finish(outs, [im.shape[:2] for im in images], probabilities)
 
     def _rgb(self, image: np.ndarray, color: str) -> np.ndarray:
@@ -166,19 +198,38 @@ class Segmenter:
         if self.drift_guard is None:
             raise BundleError(f"{self.path} records no input statistics (input_stats); re-export or "
                               "re-compress it with this edgeseg to get a drift guard")
-        return self.drift_guard.check(self._rgb(_image(image), color))
+        return self.drift_guard.check(self._rgb(_image(image, policy=self.intensity), color))
     # --- [/drift guard] ------------------------------------------------------------------
+
+    # --- [intensity] --------------------------------------------------------------------
+    def intensity_check(self, image: np.ndarray) -> dict | None:
+        """How ``image`` (source pixels, any dtype) fits the bundle's intensity policy:
+        ``{"flagged", "reason", "below", "above", ...}`` (see :func:`edgeseg.runtime.intensity.check`);
+        None when the bundle records no policy."""
+        if self.intensity is None:
+            return None
+        from edgeseg.runtime.intensity import check
+
+        return check(_plain(image), self.intensity)
+    # --- [/intensity] --------------------------------------------------------------------
 
     def close(self) -> None:
         self.runner.close()
 
 
-def _image(image, i: int = 0, n: int = 1) -> np.ndarray:
+def _plain(image):
+    return np.asarray(image) if isinstance(image, np.ndarray) and type(image) is not np.ndarray else image
+
+
+def _image(image, i: int = 0, n: int = 1, policy=None) -> np.ndarray:
     """One image given to the API, checked (``validate_image``); an ndarray subclass (np.matrix, a
-    masked array) is taken as the plain array it holds; in a batch the error names the image."""
-    if isinstance(image, np.ndarray) and type(image) is not np.ndarray:
-        image = np.asarray(image)
+    masked array) is taken as the plain array it holds; in a batch the error names the image.
+    With an intensity ``policy`` any-dtype source pixels are mapped to uint8 RGB first (an image
+    that does not fit the policy gives a RuntimeWarning saying why)."""
+    image = _plain(image)
     try:
+        if policy is not None:
+            image = _apply_intensity(image, policy)
         return validate_image(image)
     except InputError as exc:
         if n == 1:
@@ -217,6 +268,27 @@ def _nearest(mask: np.ndarray, h: int, w: int) -> np.ndarray:
     rows = np.minimum(((np.arange(h) + 0.5) * mh / h).astype(int), mh - 1)
     cols = np.minimum(((np.arange(w) + 0.5) * mw / w).astype(int), mw - 1)
     return mask[rows][:, cols].astype(np.uint8)
+
+
+def _apply_intensity(image, policy) -> np.ndarray:
+    """[intensity] Source pixels -> uint8 RGB under the bundle's policy; flagged images warn."""
+    from edgeseg.runtime.intensity import apply, check
+
+    rep = check(image, policy)
+    if rep["flagged"]:
+        warnings.warn(f"image does not fit the bundle's intensity policy: {rep['reason']}", RuntimeWarning,
+                      stacklevel=5)
+    return apply(image, policy)
+
+
+def _intensity(info, path):
+    """[intensity] The bundle's intensity policy, None when it records none."""
+    from edgeseg.runtime.intensity import from_info
+
+    try:
+        return from_info(info)
+    except InputError as exc:
+        raise BundleError(f"{path}: {exc}") from None
 
 
 def _drift_guard(info: dict, path):

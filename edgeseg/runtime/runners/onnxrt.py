@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.runtime.errors import BundleError, EdgesegError, InputError
+from edgeseg.runtime.errors import BundleError, EdgesegError
+from edgeseg.runtime.runners.base import check_batch
 
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -91,19 +92,7 @@ class OnnxRuntimeRunner:
                              for o in self.session.get_outputs()}
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        if not isinstance(batch, np.ndarray) or batch.ndim != 4:
-            raise InputError(f"expected an NCHW array, got {getattr(batch, 'shape', type(batch).__name__)}")
-        if batch.dtype.kind not in "fiu" or batch.dtype.kind == "f" and batch.dtype.itemsize > 8:
-            raise InputError(f"expected a float32 NCHW array, got dtype {batch.dtype}")
-        if batch.shape[0] == 0:
-            raise InputError("empty batch: the NCHW array holds no image")
-        if self.input_type == "tensor(float16)":
-            batch = batch.astype(np.float16)
-        else:
-            batch = np.ascontiguousarray(batch, dtype=np.float32)
-        for i, (want, got) in enumerate(zip(self.input_shape, batch.shape)):
-            if isinstance(want, int) and want != got:
-                raise InputError(f"model input dimension {i} is fixed at {want}, got {got}")
+        batch = check_batch(batch, self.input_shape, half=self.input_type == "tensor(float16)")
         outs = self.session.run(None, {self.input_name: batch})
         return dict(zip(self.output_names, outs))
 
