@@ -99,7 +99,10 @@ def create_app(store: ModelStore | str | Path, *, token: str | None = None, host
                log_dir: str | Path | None = None, max_body_bytes: int = MAX_BODY_BYTES, max_pixels: int = 40_000_000,
                threads: int | None = None, keep_images: bool = False, service: Service | None = None):
     fastapi = require("fastapi")
-    require("multipart")  # python-multipart, for multipart/form-data uploads
+    try:  # python-multipart, for multipart/form-data uploads (imported as python_multipart since 0.0.13)
+        require("python_multipart")
+    except MissingDependency:
+        require("multipart")
     require("PIL")
     from fastapi.concurrency import run_in_threadpool
     from fastapi.exceptions import RequestValidationError
