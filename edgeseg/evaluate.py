@@ -10,6 +10,7 @@ from pathlib import Path
 
 from edgeseg.data import folders as D
 from edgeseg.errors import DataError
+from edgeseg.runtime.confidence import ReliabilityBins
 from edgeseg.runtime.files import atomic_write_json, atomic_write_text
 from edgeseg.runtime.metrics import MetricAccumulator
 from edgeseg.runtime.segmenter import Segmenter
@@ -26,14 +27,18 @@ def evaluate(seg: Segmenter, samples: list[D.Sample], spacing=None, progress: bo
         raise DataError("nothing to evaluate: no images")
     nc = seg.num_classes
     acc = MetricAccumulator(num_classes=nc, spacing=spacing)
+    rel = ReliabilityBins()  # [calibration] ECE over top-class confidence, pixels pooled
     masks = {}
     for s in tqdm(samples, desc="evaluate", disable=not progress, file=sys.stderr, leave=False):
         image, gt = D.load_pair(s, nc)
         mask, prob = seg.predict(image, probabilities=True)
         acc.add(mask, gt, prob=prob[1] if nc == 2 else prob, name=s.name)
+        rel.add(prob, gt)
         if keep_masks:
             masks[s.name] = mask
-    return acc.summary(), acc.rows(), masks
+    summary = acc.summary()
+    summary.update(ece=rel.ece(), temperature=seg.temperature, reliability=rel.to_dict())
+    return summary, acc.rows(), masks
 
 
 def write_rows_csv(rows: list[dict], path: str | Path) -> Path:
@@ -71,4 +76,7 @@ def format_table(summary: dict, spacing=None) -> str:
                  "one of prediction / ground truth empty)")
     lines.append("mean = average of per-image values (an empty mask predicted empty scores Dice 1); "
                  "pooled = all pixels of the set counted together")
+    if summary.get("ece") is not None:  # [calibration]
+        lines.append(f"ECE {summary['ece']:.4f} (top-class confidence, {summary['reliability']['bins']} equal-width "
+                     f"bins, pixels pooled; temperature {summary.get('temperature', 1.0):.3f})")
     return "\n".join(lines)

@@ -20,8 +20,13 @@ import numpy as np
 from edgeseg.data import folders as D
 from edgeseg.errors import DataError
 from edgeseg.outputs import check_output, mark
-from edgeseg.runtime.files import atomic_dir
+from edgeseg.runtime.files import atomic_dir, atomic_write_json
 from edgeseg.runtime.segmenter import Segmenter
+from edgeseg.runtime.uncertainty import heat_map
+
+UNCERTAINTY_ABOUT = ("heat maps: normalised entropy, dark = sure, bright = unsure; score: uncertain area relative "
+                     "to the predicted area (edgeseg.runtime.uncertainty); percentile: share of the bundle's "
+                     "validation images that were surer; flagged: less sure than its flag percentile of them")
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +86,28 @@ def _bar(total: int, enabled: bool):
 
 def predict_folder(seg: Segmenter, src: Path, out: Path, overlay: bool = True, probs: bool = False,
                    overwrite: bool = False, model_path: str | Path | None = None, model_id: str | None = None,
-                   progress: bool = False) -> PredictResult:
-    """Write ``masks/`` (PNG at each image's size), optionally ``overlays/`` and ``probs/`` into
-    ``out``: a new folder, or (``overwrite``) an earlier predict output, replaced whole."""
+                   progress: bool = False, uncertainty: bool = False) -> PredictResult:
+    """Write ``masks/`` (PNG at each image's size), optionally ``overlays/``, ``probs/`` and
+    ``uncertainty/`` (heat maps of normalised entropy, and ``uncertainty/summary.json`` with each
+    image's summary and flag) into ``out``: a new folder, or (``overwrite``) an earlier predict
+    output, replaced whole."""
     out = Path(out)
     check_output(out, "predict", inputs=[src, model_path], overwrite=overwrite)
     items = list_images(src)
     colors = seg.info.get("colors") or [(0, 0, 0), (255, 64, 64)]
     binary = seg.num_classes == 2
     t0 = time.perf_counter()
+    unsure: dict[str, dict] = {}  # [uncertainty] name -> summary, percentile, flagged
     with _bar(len(items), progress) as bar, atomic_dir(out) as tmp:  # the bar is cleared before any error line
         for name, path in items:
             image = D.read_image(path)
-            mask, prob = seg.predict(image, probabilities=True) if probs else (seg.predict(image), None)
+            if uncertainty:  # [uncertainty] heat map + summary; the same mask and probabilities
+                res = seg.predict(image, probabilities=probs, uncertainty=True)
+                mask, prob = res.mask, res.probabilities
+                _write(tmp / "uncertainty" / f"{name}.png", heat_map(res.uncertainty)[:, :, ::-1])
+                unsure[name] = {**res.summary, "percentile": res.percentile, "flagged": res.flagged}
+            else:
+                mask, prob = seg.predict(image, probabilities=True) if probs else (seg.predict(image), None)
             _write(tmp / "masks" / f"{name}.png", (mask * 255).astype(np.uint8) if binary else mask)
             if overlay:
                 _write(tmp / "overlays" / f"{name}.jpg", overlay_image(image, mask, colors)[:, :, ::-1])
@@ -104,7 +118,10 @@ def predict_folder(seg: Segmenter, src: Path, out: Path, overlay: bool = True, p
                     (tmp / "probs").mkdir(exist_ok=True)
                     np.save(tmp / "probs" / f"{name}.npy", prob.astype(np.float16))
             bar.update(1)
-        kinds = tuple(k for k, on in (("masks", True), ("overlays", overlay), ("probs", probs)) if on)
+        if uncertainty:
+            atomic_write_json(tmp / "uncertainty" / "summary.json", {"images": unsure, "about": UNCERTAINTY_ABOUT})
+        kinds = tuple(k for k, on in (("masks", True), ("overlays", overlay), ("probs", probs),
+                                      ("uncertainty", uncertainty)) if on)
         mark(tmp, "predict", model=Path(model_path).name if model_path else str(seg.path.name),
              model_id=model_id, runner=seg.runner.name, images=len(items), outputs=list(kinds))
     return PredictResult(out=out, images=len(items), seconds=time.perf_counter() - t0, files=kinds)

@@ -20,7 +20,9 @@ def evaluate(
                                         "image)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the summary as JSON (default: none)."),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write per-image metrics as CSV (default: none)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json/--csv file."),
+    reliability: Optional[Path] = typer.Option(None, "--reliability", help="Write the reliability diagram (PNG: "
+                                               "accuracy vs top-class confidence, ECE) (default: none)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json/--csv/--reliability file."),
     spacing: Optional[str] = typer.Option(None, help="Pixel spacing 'sy,sx' in mm: HD95 in mm (default: HD95 in "
                                           "pixels)."),
     providers: Optional[str] = PROVIDERS,
@@ -44,8 +46,12 @@ def evaluate(
     from edgeseg.outputs import check_output_files
     from edgeseg.runners import open_model
 
-    check_output_files({"--json": json_out, "--csv": csv_out}, inputs=[model, data],  # before any work
-                       overwrite=overwrite)
+    check_output_files({"--json": json_out, "--csv": csv_out, "--reliability": reliability},  # before any work
+                       inputs=[model, data], overwrite=overwrite)
+    if reliability:
+        from edgeseg.measure.report import require_matplotlib
+
+        require_matplotlib()
     pixel_spacing = _spacing(spacing)
     samples = D.discover(data, split, strict=strict)
     seg = open_model(model, providers=_providers(providers), threads=threads, device=device)
@@ -61,6 +67,11 @@ def evaluate(
                     "summary": summary}, json_out)
     if csv_out:
         write_rows_csv(rows, csv_out)
+    if reliability:
+        from edgeseg.measure.reliability import plot_reliability
+
+        plot_reliability(summary["reliability"], reliability, title=f"{Path(model).name} on {Path(data).name}"
+                         + (f" ({split})" if split else ""))
 
 @command
 def predict(
@@ -70,6 +81,8 @@ def predict(
                              "--overwrite. Never a folder holding other files, never inside the images."),
     overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Also write colour overlays (default: on)."),
     probs: bool = typer.Option(False, "--probs", help="Also write probability maps (default: off)."),
+    uncertainty: bool = typer.Option(False, "--uncertainty", help="Also write uncertainty heat maps and each image's "
+                                     "confidence summary and flag in OUT/uncertainty/ (default: off)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT when it is an earlier predict output."),
     providers: Optional[str] = PROVIDERS,
     threads: Optional[int] = THREADS,
@@ -90,7 +103,7 @@ def predict(
 
     seg = open_model(model, providers=_providers(providers), threads=threads, device=device)
     res = predict_folder(seg, images, out, overlay=overlay, probs=probs, overwrite=overwrite, model_path=model,
-                         model_id=model_id(seg, model), progress=not quiet)
+                         model_id=model_id(seg, model), progress=not quiet, uncertainty=uncertainty)
     if json_out:
         typer.echo(json.dumps({"images": res.images, "out": str(res.out), "outputs": list(res.files),
                                "seconds": round(res.seconds, 2)}))

@@ -144,5 +144,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, cfg: ExportConfig = E
             stats = input_stats_for(samples)
             if stats is not None:
                 manifest["input_stats"] = stats
+        from edgeseg.export.confidence import confidence_sections  # [temperature] + [uncertainty]
+
+        manifest.update(confidence_sections(cand, samples))
         path = write_bundle(out, {"model.onnx": onnx_path}, manifest)
     return path, rep
