@@ -1,4 +1,5 @@
-"""Commands that run and watch a model in use: serve, store (add/activate/rollback/list), monitor.
+"""Commands that run and watch a model in use: serve, store (add/activate/rollback/list), monitor,
+and ``export --format triton`` (registered by ``ship.py``'s export; the work is edgeseg/export/triton.py).
 
 The service itself is torch-free (:mod:`edgeseg.serve`); only ``edgeseg serve`` with no PATH
 touches the toolkit, to export the embedded demo teacher to a bundle the first time.
@@ -141,3 +142,19 @@ def monitor(
         write_report(summary, out, marker=lambda d: mark(d, "monitor"))
     public = {k: v for k, v in summary.items() if not k.startswith("_")}  # "_series": the plot's raw points
     typer.echo(dumps(public | ({"out": str(out)} if out is not None else {})))
+
+
+def export_triton_cli(model: Path, out: Path, overwrite: bool, others: dict) -> None:
+    """``edgeseg export MODEL -o OUT --format triton``: the output policy, then the repository.
+    An option of the other formats would be silently ignored, so it is refused by name."""
+    from edgeseg.errors import ConfigError
+    from edgeseg.export.triton import export_triton
+    from edgeseg.outputs import check_output, mark
+    from edgeseg.runtime.files import dumps
+
+    given = [flag for flag, on in others.items() if on not in (None, False)]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: not used by --format triton, which packs the bundle (or engine) as it is")
+    check_output(out, "triton", inputs=[model], overwrite=overwrite)
+    export_triton(model, out, marker=lambda d: mark(d, "triton"))
+    typer.echo(dumps({"triton_repository": str(out), "models": sorted(p.name for p in out.iterdir() if p.is_dir())}))

@@ -14,9 +14,10 @@ from edgeseg.quantize.targets import target_names
 
 @command
 def export(
-    model: Path = typer.Argument(..., help="HF checkpoint dir (or, for --format tensorrt, a bundle)."),
+    model: Path = typer.Argument(..., help="HF checkpoint dir (or, for --format tensorrt or triton, a bundle)."),
     out: Path = typer.Option(..., "-o", "--out", help="Bundle directory (or .engine file) to write."),
-    format: str = typer.Option("bundle", "--format", help="bundle (ONNX + manifest) or tensorrt."),
+    format: str = typer.Option("bundle", "--format", help="bundle (ONNX + manifest), tensorrt, or triton (a Triton "
+                               "model repository from a bundle or engine)."),
     fp16: bool = typer.Option(False, "--fp16", help="FP16 weights/activations (LayerNorm, Softmax stay FP32)."),
     fold: bool = typer.Option(True, "--fold/--no-fold", help="Exact decode-head folding."),
     opset: int = typer.Option(17, help="ONNX opset."),
@@ -34,13 +35,20 @@ def export(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT when it is an earlier bundle."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details to stderr."),
 ):
-    """Export a checkpoint to a verified bundle, or a bundle to a TensorRT engine.
+    """Export a checkpoint to a verified bundle, or a bundle to a TensorRT engine or a Triton repository.
 
     Example: edgeseg export runs/b0 -o runs/b0-bundle --data data/kvasir --split val
     """
     _setup_logging(verbose)
     from edgeseg.errors import ConfigError
 
+    if format == "triton":  # [triton] a bundle (or engine) -> a Triton model repository: edgeseg/export/triton.py
+        from edgeseg.cli.serve import export_triton_cli
+
+        return export_triton_cli(model, out, overwrite, {"--fp16": fp16, "--no-fold": not fold, "--opset": opset != 17,
+                                 "--dynamic-hw": dynamic_hw, "--postprocess": postprocess != "none", "--data": data,
+                                 "--split": split, "--parity-images": parity_images != 16, "--precision": precision
+                                 != "auto", "--timing-cache": timing_cache, "--dla-core": dla_core is not None})
     # [conflicts] an option of the other --format would be silently ignored: refuse it
     if format == "tensorrt":
         other = [n for n, on in (("--fp16", fp16), ("--no-fold", not fold), ("--dynamic-hw", dynamic_hw),
@@ -62,7 +70,7 @@ def export(
         typer.echo(json.dumps({"engine": str(path)}))
         return
     if format != "bundle":
-        raise ConfigError(f"unknown --format {format!r}; choose bundle or tensorrt")
+        raise ConfigError(f"unknown --format {format!r}; choose bundle, tensorrt or triton")
     from edgeseg.export.onnx import ExportConfig
     from edgeseg.export.pipeline import export_bundle
 
