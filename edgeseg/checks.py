@@ -73,6 +73,7 @@ OPTION_RANGES: dict[tuple[str, str], tuple] = {
     ("prune", "ratio"): FRACTION, ("prune", "decoder_ratio"): FRACTION, ("prune", "calib_count"): AT_LEAST_1,
     ("distill", "epochs"): AT_LEAST_1, ("distill", "batch_size"): AT_LEAST_1, ("distill", "lr"): (0.0, 1.0, True, True),
     ("distill", "temperature"): (0.0, 100.0, True, False), ("distill", "alpha"): (0.0, 1.0, False, False),
+    ("explain", "stage"): (1, 4, False, False), ("explain", "threads"): AT_LEAST_1,  # [tracking] issue 13
 }
 
 
