@@ -28,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -100,6 +100,55 @@ def _batch(seg, batch: int, images: Sequence[np.ndarray] | None) -> np.ndarray:
     return seg.prepare(ims)
 
 
+@dataclass(frozen=True)
+class Interleaved:
+    times: dict[str, list[int]]  # name -> ns per call, in call order
+    wall_s: float
+    load_before: float | None
+    others_cores: float | None  # cores other processes kept busy during the timed rounds
+
+
+def interleave(calls: dict[str, Callable[[], object]], warmup: int = 10, runs: int = 50) -> Interleaved:
+    """Time several calls side by side: ``warmup`` untimed rounds, then ``runs`` rounds, each
+    calling every entry once (``time.perf_counter_ns``, garbage collection off), the order rotating
+    from round to round so that load from other processes falls on all of them alike."""
+    names = list(calls)
+    for _ in range(int(warmup)):
+        for n in names:
+            calls[n]()
+    times: dict[str, list[int]] = {n: [] for n in names}
+    load_before = load_average()
+    busy0, cpu0, t0 = cpu_busy_s(), process_cpu_s(), time.perf_counter()
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(int(runs)):
+            for k in range(len(names)):
+                n = names[(r + k) % len(names)]
+                s = time.perf_counter_ns()
+                calls[n]()
+                times[n].append(time.perf_counter_ns() - s)
+    finally:
+        if gc_was:
+            gc.enable()
+    wall, cpu_s, busy1 = time.perf_counter() - t0, process_cpu_s() - cpu0, cpu_busy_s()
+    others = None if busy0 is None or busy1 is None or wall <= 0 else max(0.0, (busy1 - busy0 - cpu_s) / wall)
+    return Interleaved(times=times, wall_s=wall, load_before=load_before,
+                       others_cores=None if others is None else round(others, 3))
+
+
+def noise_reasons(stats: dict, others_cores: float | None, threads: int | None) -> list[str]:
+    """Why side-by-side figures are unreliable, by ``edgeseg.measure.timing``'s rules: a spread over
+    10% of p50, or other processes keeping busy cores this timing needed. Empty: clean."""
+    reasons = [f"{n} spread {st.spread_ms:.2f} ms is {st.spread_ms / st.p50_ms:.0%} of p50" for n, st in stats.items()
+               if st.p50_ms and st.spread_ms > NOISY_SPREAD_FRACTION * st.p50_ms]
+    cores = usable_cores()
+    free = max(cores - (min(int(threads), cores) if threads else cores), 0)
+    if others_cores is not None and others_cores > free + OTHERS_MARGIN_CORES:
+        reasons.append(f"other processes kept {others_cores:.1f} of {cores} cores busy")
+    return reasons
+
+
 def _winner(p50: dict[str, float], margin: float) -> str:
     best = min(p50, key=p50.get)
     default = DEFAULT_RUNTIMES[0]
@@ -136,38 +185,15 @@ def time_runtimes(model: str | Path, runtimes: Sequence[str] = DEFAULT_RUNTIMES,
         raise RuntimeError(f"no runtime could run {model}: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     try:
         x = _batch(next(iter(segs.values())), int(batch), images)
-        names = list(segs)
-        times: dict[str, list[int]] = {n: [] for n in names}
-        for r in range(int(warmup)):
-            for n in names:
-                segs[n].infer(x)
-        load_before = load_average()
-        busy0, cpu0, t0 = cpu_busy_s(), process_cpu_s(), time.perf_counter()
-        gc_was = gc.isenabled()
-        gc.disable()
-        try:
-            for r in range(int(runs)):
-                for k in range(len(names)):  # rotate who goes first
-                    n = names[(r + k) % len(names)]
-                    s = time.perf_counter_ns()
-                    segs[n].infer(x)
-                    times[n].append(time.perf_counter_ns() - s)
-        finally:
-            if gc_was:
-                gc.enable()
-        wall, cpu_s, busy1 = time.perf_counter() - t0, process_cpu_s() - cpu0, cpu_busy_s()
-        others = None if busy0 is None or busy1 is None or wall <= 0 else max(0.0, (busy1 - busy0 - cpu_s) / wall)
+        loop = interleave({n: (lambda s=s: s.infer(x)) for n, s in segs.items()}, warmup, runs)
+        times, names = loop.times, list(segs)
+        load_before, others = loop.load_before, loop.others_cores
         versions = {n: getattr(s.runner, "version", None) or _version(n) for n, s in segs.items()}
     finally:
         for s in segs.values():
             s.close()
     stats = {n: latency_stats(t) for n, t in times.items()}
-    reasons = [f"{n} spread {s.spread_ms:.2f} ms is {s.spread_ms / s.p50_ms:.0%} of p50" for n, s in stats.items()
-               if s.spread_ms > NOISY_SPREAD_FRACTION * s.p50_ms]
-    cores = usable_cores()
-    free = max(cores - (min(int(threads), cores) if threads else cores), 0)
-    if others is not None and others > free + OTHERS_MARGIN_CORES:
-        reasons.append(f"other processes kept {others:.1f} of {cores} cores busy")
+    reasons = noise_reasons(stats, others, threads)
     p50 = {n: round(s.p50_ms, 4) for n, s in stats.items()}
     win = _winner(p50, margin)
     return RuntimeTiming(
@@ -175,7 +201,7 @@ def time_runtimes(model: str | Path, runtimes: Sequence[str] = DEFAULT_RUNTIMES,
         spread_ms={n: round(s.spread_ms, 4) for n, s in stats.items()},
         ratio_to_winner={n: round(v / p50[win], 4) for n, v in p50.items()}, skipped=skipped,
         threads=threads, batch=int(batch), warmup=int(warmup), runs=int(runs), margin=margin, cpu=cpu_facts(),
-        load_before=load_before, load_after=load_average(), others_cores=None if others is None else round(others, 3),
+        load_before=load_before, load_after=load_average(), others_cores=others,
         noisy_reason="; ".join(reasons) or None,
         versions=versions, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
@@ -218,5 +244,5 @@ def record_in_bundle(bundle: str | Path, timing: RuntimeTiming) -> Path:
     return write_bundle(bundle, {n: b.path / n for n in names}, manifest, overwrite=True)
 
 
-__all__ = ["DEFAULT_RUNTIMES", "MARGIN", "RuntimeTiming", "cpu_facts", "record_in_bundle", "record_runtime",
+__all__ = ["DEFAULT_RUNTIMES", "MARGIN", "Interleaved", "RuntimeTiming", "cpu_facts", "interleave", "noise_reasons", "record_in_bundle", "record_runtime",
            "runtime_section", "time_runtimes"]

@@ -8,7 +8,7 @@ only when their runtime is opened, so this table never needs an optional package
 
 ``"auto"`` takes the runtime a bundle recorded as fastest where it was made (the manifest's
 ``runtime.preferred``, written by ``edgeseg.measure.runtimes``) when that runtime is installed
-here and opens this kind of model; otherwise the format's own runtime (ONNX Runtime for ONNX
+here and runs this model (OpenVINO: not INT8 with quantized activations); otherwise the format's own runtime (ONNX Runtime for ONNX
 models, TensorRT for engines).
 """
 
@@ -72,6 +72,13 @@ def recorded_runtime(info) -> str | None:
     return pref if isinstance(pref, str) else None
 
 
+def int8_activations(info) -> bool:
+    """The manifest describes an INT8 model with quantized activations (not weight-only), which
+    the OpenVINO runner refuses (``openvino.INT8_REFUSAL``)."""
+    q = info.get("quantization") if hasattr(info, "get") else None
+    return bool(info.get("precision") == "int8" and not (isinstance(q, dict) and q.get("weight_only")))
+
+
 def choose_runtime(requested: str | None, fmt: str, info=None) -> str:
     """The runtime that will run a model of format ``fmt``: ``requested`` (a name), or for
     None the format's default, or for ``"auto"`` the recorded preference when usable here."""
@@ -82,11 +89,12 @@ def choose_runtime(requested: str | None, fmt: str, info=None) -> str:
     if requested == AUTO:
         pref = recorded_runtime(info)
         r = RUNTIMES.get(pref) if pref else None
-        if r is not None and fmt in r.formats and r.installed():
+        usable = r is not None and fmt in r.formats and r.installed()
+        if usable and not (r.name == "openvino" and int8_activations(info)):
             return r.name
         if pref:
             log.info("bundle prefers runtime %s, which %s here; using %s", pref,
-                     "is not installed" if r is not None and fmt in r.formats else "cannot open it", default)
+                     "is not installed or cannot run this model" if r is not None and fmt in r.formats else "cannot open it", default)
         return default
     if fmt not in RUNTIMES[requested].formats:
         raise EdgesegError(f"runtime {requested} does not open a {fmt} model; for it use "

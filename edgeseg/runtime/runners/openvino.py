@@ -11,8 +11,9 @@ Compile settings: ``PERFORMANCE_HINT=LATENCY`` (one stream: batch-1 latency, wha
 times), ``INFERENCE_NUM_THREADS`` when ``threads`` is given, and
 ``INFERENCE_PRECISION_HINT=f32``: on CPUs with AMX or AVX-512 BF16 OpenVINO would otherwise run
 FP32 layers in bfloat16, and the masks would no longer be the FP32 model's. An INT8 Q/DQ graph
-still runs its quantized layers in INT8; a weight-only graph's DequantizeLinear on constant
-weights is folded at compile time.
+would run its quantized layers in INT8, but such graphs are refused (:data:`INT8_REFUSAL`:
+measured masks far from the FP32 model's); a weight-only graph (DequantizeLinear on constant
+weights only) runs, its masks matching ONNX Runtime's.
 
 Thread safety: each thread gets its own infer request on the one compiled model, so one runner
 may be shared by several threads (as the Segmenter promises).
@@ -32,6 +33,13 @@ from edgeseg.runtime.runners.onnxrt import _check_input
 
 INSTALL_HINT = 'pip install "edgeseg[openvino]"'
 DEVICE = "CPU"
+# Measured (benchmarks/runtimes.py): OpenVINO 2026.4 runs the Q/DQ graphs of edgeseg's INT8 targets
+# with masks far from the FP32 model's (the attention's sequence-reduction convolutions come out
+# wrong), where ONNX Runtime reproduces them. Activation-quantized graphs are refused, not run.
+INT8_REFUSAL = ("OpenVINO does not reproduce this INT8 Q/DQ model (quantized activations): measured on the Kvasir "
+                "teacher its masks drift far from the FP32 model's while ONNX Runtime's match "
+                "(benchmarks/results/runtimes_kvasir.md); run it with --runtime onnxruntime, or give OpenVINO the "
+                "FP32 or weight-only (--target cpu-weights) bundle")
 
 
 def import_openvino():
@@ -68,9 +76,11 @@ class OpenVINORunner:
     """Runs an ONNX file on OpenVINO's CPU plugin; NCHW float32 in, every output by name out."""
 
     def __init__(self, path: str | Path, threads: int | None = None, model_bytes: bytes | None = None,
-                 properties: dict | None = None) -> None:
+                 properties: dict | None = None, allow_int8_activations: bool = False) -> None:
         """``model_bytes``: the model as already read (and verified) by the caller; loaded from
-        memory. ``properties``: extra CPU plugin settings, applied over the defaults."""
+        memory. ``properties``: extra CPU plugin settings, applied over the defaults.
+        ``allow_int8_activations``: run a graph with quantized activations anyway (benchmarks
+        that measure how far its masks drift); refused by default, see :data:`INT8_REFUSAL`."""
         ov = import_openvino()
         path = Path(path)
         if model_bytes is None and not path.is_file():
@@ -89,6 +99,10 @@ class OpenVINORunner:
                 raise BundleError(f"{path.name} reads weights from a file outside its bundle (ONNX external "
                                   "data); a bundle's model must be self-contained") from None
             raise BundleError(f"OpenVINO cannot load {path.name}: {text[:300]}") from None
+        fq = sum(op.get_type_name() == "FakeQuantize" for op in self.model.get_ops())
+        if fq and not allow_int8_activations:
+            raise BundleError(f"{path.name}: {INT8_REFUSAL}")
+        self.int8_activations = fq
         self.name = "openvino-cpu"
         self.version = ov.__version__
         inputs = [SimpleNamespace(name=p.get_any_name(), shape=_dims(p), type=_dtype(p)) for p in self.model.inputs]
