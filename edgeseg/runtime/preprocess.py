@@ -178,8 +178,9 @@ def resize_chw(arr: np.ndarray, height: int, width: int) -> np.ndarray:
                                 dtype=np.float32)
 
 
-def validate_image(image: np.ndarray) -> np.ndarray:
-    """Check an RGB image given to the runtime: (H, W, 3) uint8 (or (H, W) gray, promoted)."""
+def validate_image(image: np.ndarray, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Check an RGB image given to the runtime: (H, W, 3) uint8 (or (H, W) gray, promoted).
+    ``max_pixels``: the whole-image limit; None for the tiled path (``edgeseg.runtime.tiled``)."""
     if not isinstance(image, np.ndarray):
         raise InputError(f"image must be a numpy array, got {type(image).__name__}")
     if image.dtype != np.uint8:
@@ -190,9 +191,10 @@ def validate_image(image: np.ndarray) -> np.ndarray:
         raise InputError(f"image must be HxWx3 RGB (or HxW gray), got shape {image.shape}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise InputError(f"image is empty: shape {image.shape}")
-    if image.shape[0] * image.shape[1] > MAX_IMAGE_PIXELS:
+    if max_pixels is not None and image.shape[0] * image.shape[1] > max_pixels:
         raise InputError(f"image too large: {image.shape[1]}x{image.shape[0]} pixels; the runtime takes up to "
-                         f"{MAX_IMAGE_PIXELS // 1_000_000} MP: downscale or tile it first")
+                         f"{max_pixels // 1_000_000} MP whole: predict it tiled (Segmenter.predict(image, "
+                         "tiled=True)) or downscale it first")
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     return image
