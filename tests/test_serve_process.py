@@ -41,6 +41,7 @@ def start(args, port, timeout=120):
     raise AssertionError("server did not become ready")
 
 
+@pytest.mark.slow
 def test_real_server_process_and_monitor(tiny_bundle, tmp_path):
     from edgeseg.runtime import Segmenter
     from edgeseg.serve.encode import rle_decode

@@ -119,6 +119,7 @@ def test_single_bundle_is_a_read_only_store(tiny_bundle):
         st.rollback()
 
 
+@pytest.mark.slow
 def test_store_cli(tiny_bundle, tmp_path):
     store = tmp_path / "s"
     r = run_cli("store", "add", store, tiny_bundle, "--version", "1", "--activate")
