@@ -66,7 +66,8 @@ def test_summary_on_hand_built_probabilities():
     band = boundary_band(mask, 1)  # 6 x 6 ring minus the 2 x 2 core: 32 pixels, 4 of them uncertain
     assert band.sum() == 32
     assert s["boundary"] == pytest.approx(4 / 32)
-    assert s["score"] == pytest.approx(0.04 / (0.04 + 0.16))
+    assert s["area_ratio"] == pytest.approx(0.04 / (0.04 + 0.16))
+    assert s["score"] == s["foreground"]
     # an empty prediction: hesitant pixels -> score 1; fully sure -> 0; no foreground/boundary figure
     empty = np.zeros((10, 10), np.uint8)
     hesitant = onehot(np.zeros((10, 10), np.int64), 2)
