@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, ROOT, save  # noqa: E402
+from _common import RESULTS, ROOT, save
 
 
 def free_port() -> int:
@@ -212,7 +212,7 @@ def markdown(r: dict) -> str:
         f"answers by version: {r['answers_by_version']}. The two versions' masks differ on "
         f"{r['images_where_v1_and_v2_masks_differ']} of {r['images']} images, so a mask served by the wrong model "
         "would show.", "",
-        f"Serial `Segmenter.predict` in this process, ms per image: "
+        "Serial `Segmenter.predict` in this process, ms per image: "
         + ", ".join(f"{v} {ms:.1f}" for v, ms in r["serial_predict_ms_per_image"].items())
         + ". Latencies are client-side (request sent to answer decoded), on a loaded machine.", ""])
 

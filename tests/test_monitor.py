@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import one_line_error, run_cli
 
 
@@ -58,6 +57,7 @@ def test_ks_distance():
     assert ks_distance([], [1]) is None
 
 
+@pytest.mark.slow
 def test_monitor_cli_plots(tmp_path):
     log = synthetic_log(tmp_path / "log")
     r = run_cli("monitor", log, "-o", tmp_path / "out")

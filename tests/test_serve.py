@@ -7,7 +7,6 @@ import threading
 
 import numpy as np
 import pytest
-
 from conftest import rgb
 from test_serve_helpers import encoded, parse_prometheus, png, two_version_store
 
@@ -80,8 +79,9 @@ def test_segment_json_matches_the_segmenter(client, seg, fmt, ctype):
 
 
 def test_segment_jpeg_multipart_and_png_answer(client, seg):
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     jpg = encoded(IMAGE, "JPEG")
     decoded = np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB"))
@@ -240,8 +240,9 @@ def test_admin_switch_and_rollback_over_http(client, store):
 def test_tampered_version_is_refused_over_http_and_v1_keeps_serving(client, store, tmp_path):
     import shutil
 
-    from edgeseg.serve.store import ModelStore
     from test_serve_helpers import tampered_copy
+
+    from edgeseg.serve.store import ModelStore
 
     bad = store / "versions" / "v3"
     tampered_copy(store / "versions" / "v1", tmp_path / "t")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import rgb
 from test_serve_helpers import png, two_version_store
 
@@ -88,3 +87,14 @@ def test_real_server_process_and_monitor(tiny_bundle, tmp_path):
     assert s["latency_ms"]["p50"] > 0 and s["latency_ms"]["count"] == 4
     assert (tmp_path / "mon" / "monitor.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "live Dice" in (tmp_path / "mon" / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("args, words", [(["--port", "0"], "--port"), (["--port", "http"], "--port"),
+                                         (["/nonexistent/store"], "neither a model store")])
+def test_serve_cli_refuses_bad_arguments(args, words):
+    from typer.testing import CliRunner
+
+    from edgeseg.cli import app
+
+    r = CliRunner().invoke(app, ["serve", *args])
+    assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output, r.output

@@ -4,9 +4,8 @@ verification or the smoke test never becomes active."""
 import json
 
 import pytest
-
-from test_serve_helpers import tampered_copy, two_version_store
 from conftest import one_line_error, run_cli
+from test_serve_helpers import tampered_copy, two_version_store
 
 
 @pytest.fixture()

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import one_line_error, run_cli
 
 pytest.importorskip("tritonclient.grpc")

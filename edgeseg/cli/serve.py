@@ -7,7 +7,6 @@ touches the toolkit, to export the embedded demo teacher to a bundle the first t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -59,8 +58,8 @@ def serve(
     Example: edgeseg serve runs/compressed/bundle --port 8000 --log runs/serve-log
     """
     _setup_logging(verbose)
-    from edgeseg.serve.app import create_app, is_loopback
     from edgeseg.serve import require
+    from edgeseg.serve.app import create_app, is_loopback
 
     uvicorn = require("uvicorn")
     target = path if path is not None else _demo_bundle()

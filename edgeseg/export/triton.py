@@ -17,7 +17,6 @@ kept; Triton itself has not run here.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -108,9 +107,9 @@ def preprocessing(info: dict, inputs: list[dict], outputs: list[dict]) -> dict:
         "input": inputs[0]["name"] if inputs else (info.get("profile") or {}).get("input"),
         "steps": [
             "decode the image to RGB uint8, H x W x 3 (RGB order, not OpenCV's BGR)",
-            f"resize the whole image to {pp['height']} x {pp['width']} (policy '{pp['resize']}'): area averaging "
-            "when shrinking, bilinear with half-pixel centres when enlarging "
-            "(edgeseg.runtime.preprocess.preprocess does exactly this)",
+            (f"resize the whole image to {pp['height']} x {pp['width']} (policy '{pp['resize']}'): area averaging "
+             "when shrinking, bilinear with half-pixel centres when enlarging "
+             "(edgeseg.runtime.preprocess.preprocess does exactly this)"),
             f"x = (pixel * {pp['scale']} - mean) / std per channel, mean {pp['mean']}, std {pp['std']}",
             "transpose to C x H x W float32 and stack images along a leading batch dimension",
         ],

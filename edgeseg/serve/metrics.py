@@ -38,7 +38,7 @@ def _num(v: float) -> str:
 class Family:
     """One metric name: a value per label set."""
 
-    def __init__(self, name: str, kind: str, help: str) -> None:  # noqa: A002 - Prometheus' word
+    def __init__(self, name: str, kind: str, help: str) -> None:
         self.name, self.kind, self.help = name, kind, help
         self.values: dict[tuple, float] = {}
 
@@ -59,7 +59,7 @@ class Family:
 
 
 class Histogram:
-    def __init__(self, name: str, help: str, buckets=LATENCY_BUCKETS) -> None:  # noqa: A002
+    def __init__(self, name: str, help: str, buckets=LATENCY_BUCKETS) -> None:
         self.name, self.help, self.buckets = name, help, tuple(buckets)
         self.series: dict[tuple, list] = {}  # labels -> [bucket counts..., sum, count]
 

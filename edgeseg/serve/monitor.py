@@ -119,8 +119,8 @@ def summarise(log: str | Path) -> dict:
 def markdown(s: dict) -> str:
     lat = s["latency_ms"]
     lines = [f"# Service log summary: {s['log']}", "",
-             f"{s['requests']} answered requests, {s['refused']} refused, {s['feedback']} feedback, over "
-             f"{s['span_s']:.1f} s from {s['first']}.", ""]
+             (f"{s['requests']} answered requests, {s['refused']} refused, {s['feedback']} feedback, over "
+              f"{s['span_s']:.1f} s from {s['first']}."), ""]
     if lat.get("count"):
         lines += [f"Latency (ms): p50 {lat['p50']:.1f}, p90 {lat['p90']:.1f}, p99 {lat['p99']:.1f}, max {lat['max']:.1f}.",
                   ""]
@@ -128,7 +128,7 @@ def markdown(s: dict) -> str:
     lines += [f"Drift-flag rate: {'n/a (no drift guard)' if rate is None else f'{rate:.1%}'}.", "",
               "| class | mean area, first half | mean area, second half | KS distance |", "|---|---|---|---|"]
     for name, a in s["area_shift"].items():
-        f = lambda v, fmt: "n/a" if v is None else format(v, fmt)  # noqa: E731
+        f = lambda v, fmt: "n/a" if v is None else format(v, fmt)
         lines.append(f"| {name} | {f(a['first_half_mean'], '.4f')} | {f(a['second_half_mean'], '.4f')} | "
                      f"{f(a['ks_distance'], '.3f')} |")
     lines += ["", "| version | feedback | live Dice | mean FP px | mean FN px |", "|---|---|---|---|---|"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.runtime.errors import BundleError, EdgesegError, InputError
-from edgeseg.serve.encode import class_areas, rle_encode
+from edgeseg.serve.encode import class_areas
 from edgeseg.serve.feedback import Answer, RecentAnswers, score
 from edgeseg.serve.images import decode_image, decode_mask, encode_png, sniff
 from edgeseg.serve.metrics import Metrics
