@@ -50,6 +50,8 @@ def _providers(value: Optional[str]):
 # options several commands take, defined once
 PROVIDERS = typer.Option(None, help="ONNX Runtime providers, e.g. cpu or cuda,cpu (default: cpu).")
 THREADS = typer.Option(None, help="Inference threads (default: the runtime's choice).")
+RUNTIME = typer.Option(None, "--runtime", help="Runtime for bundles/.onnx: onnxruntime, openvino, or auto (the "
+                       "bundle's recorded fastest, if installed) (default: onnxruntime; engines: tensorrt).")
 DEVICE = typer.Option("cpu", help="torch device for checkpoints: cpu or cuda.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 VERBOSE = typer.Option(False, "--verbose", "-v", help="Log details to stderr.")

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from edgeseg.cli.app import _setup_logging, command
-from edgeseg.cli.options import DEVICE, PROVIDERS, QUIET, THREADS, VERBOSE, _providers, _spacing
+from edgeseg.cli.options import DEVICE, PROVIDERS, QUIET, RUNTIME, THREADS, VERBOSE, _providers, _spacing
 
 
 @command
@@ -27,6 +27,7 @@ def evaluate(
                                           "pixels)."),
     providers: Optional[str] = PROVIDERS,
     threads: Optional[int] = THREADS,
+    runtime: Optional[str] = RUNTIME,
     device: str = DEVICE,
     strict: bool = typer.Option(False, "--strict", help="Refuse (instead of leaving out) mismatched masks."),
     quiet: bool = QUIET,
@@ -54,7 +55,7 @@ def evaluate(
         require_matplotlib()
     pixel_spacing = _spacing(spacing)
     samples = D.discover(data, split, strict=strict)
-    seg = open_model(model, providers=_providers(providers), threads=threads, device=device)
+    seg = open_model(model, providers=_providers(providers), threads=threads, device=device, runtime=runtime)
     summary, rows, _ = run_eval(seg, samples, spacing=pixel_spacing, progress=not quiet)
     typer.echo(f"model: {model}  ({seg.runner.name})\ndata:  {data}" + (f"  split {split}" if split else ""))
     typer.echo(format_table(summary, pixel_spacing))
@@ -86,6 +87,7 @@ def predict(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT when it is an earlier predict output."),
     providers: Optional[str] = PROVIDERS,
     threads: Optional[int] = THREADS,
+    runtime: Optional[str] = RUNTIME,
     device: str = DEVICE,
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = QUIET,
@@ -101,7 +103,7 @@ def predict(
     from edgeseg.predict import predict_folder
     from edgeseg.runners import model_id, open_model
 
-    seg = open_model(model, providers=_providers(providers), threads=threads, device=device)
+    seg = open_model(model, providers=_providers(providers), threads=threads, device=device, runtime=runtime)
     res = predict_folder(seg, images, out, overlay=overlay, probs=probs, overwrite=overwrite, model_path=model,
                          model_id=model_id(seg, model), progress=not quiet, uncertainty=uncertainty)
     if json_out:
@@ -124,6 +126,9 @@ def bench(
     threads: Optional[int] = typer.Option(None, help="Inference threads (torch and ONNX Runtime)."),
     providers: Optional[List[str]] = typer.Option(
         None, help="ONNX Runtime backend, e.g. cpu or cuda,cpu; repeat to bench each ONNX model on several."),
+    runtimes: Optional[List[str]] = typer.Option(
+        None, "--runtime", help="Runtime for bundles/.onnx: onnxruntime, openvino or auto; repeat to bench each "
+        "on several side by side (default: onnxruntime)."),
     device: str = DEVICE,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure as JSON (default: none)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for bench.csv, bench.md and PNG plots: new, or "
@@ -150,7 +155,7 @@ def bench(
 
     cfg = BenchConfig(runs=runs, warmup=warmup, batch_sizes=parse_batch_sizes(batch_sizes), threads=threads,
                       providers=tuple(tuple(_providers(p) or ["cpu"]) for p in (providers or ["cpu"])),
-                      device=device, max_images=max_images)
+                      device=device, max_images=max_images, runtimes=tuple(runtimes or ("onnxruntime",)))
     from edgeseg.outputs import check_output_files
 
     check_output_files({"--json": json_out}, inputs=[*models, data, reference, baseline],  # before any work

@@ -42,6 +42,7 @@ class BenchConfig:
     batch_sizes: tuple[int, ...] = (1,)
     threads: int | None = None
     providers: tuple[tuple[str, ...], ...] = (("cpu",),)  # one backend per entry (each a fallback list)
+    runtimes: tuple[str, ...] = ("onnxruntime",)  # bundles/.onnx run under each (providers are onnxruntime's)
     device: str = "cpu"  # torch device for checkpoints
     max_images: int | None = None
     timing_images: int = 8  # images the end-to-end loop cycles through
@@ -61,6 +62,12 @@ class BenchConfig:
             raise ConfigError(f"--batch-sizes lists a size twice: {list(self.batch_sizes)}")
         if not self.providers or len(set(self.providers)) != len(self.providers):
             raise ConfigError(f"--providers must name each backend once, got {[','.join(p) for p in self.providers]}")
+        from edgeseg.runtime.runners import CHOICES
+
+        if not self.runtimes or len(set(self.runtimes)) != len(self.runtimes) or any(
+                r not in CHOICES or r == "tensorrt" for r in self.runtimes):
+            raise ConfigError(f"--runtime must name each of {', '.join(c for c in CHOICES if c != 'tensorrt')} at most "
+                              f"once, got {', '.join(self.runtimes) or 'none'}")
         if self.threads is not None and int(self.threads) < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
         if self.max_images is not None and int(self.max_images) < 1:
@@ -216,11 +223,12 @@ def bench(models: Sequence[str | Path], data: str | Path, split: str | None = No
     num_classes = None
     for path, label, rpath in zip(paths, labels, resolved):
         kind = model_kind(path)
-        backends = [None] if kind in ("checkpoint", "engine") else list(cfg.providers)
-        for prov in backends:
+        backends = [(None, None)] if kind in ("checkpoint", "engine") else [
+            (rt, prov) for rt in cfg.runtimes for prov in (cfg.providers if rt == "onnxruntime" else [None])]
+        for runtime, prov in backends:
             rss0 = current_rss_mb()
             seg = open_model(path, providers=list(prov) if prov else None, threads=cfg.threads,
-                             device=cfg.device)
+                             device=cfg.device, runtime=runtime)
             try:
                 if num_classes is None:
                     num_classes = seg.num_classes
