@@ -74,6 +74,11 @@ OPTION_RANGES: dict[tuple[str, str], tuple] = {
     ("distill", "epochs"): AT_LEAST_1, ("distill", "batch_size"): AT_LEAST_1, ("distill", "lr"): (0.0, 1.0, True, True),
     ("distill", "temperature"): (0.0, 100.0, True, False), ("distill", "alpha"): (0.0, 1.0, False, False),
     ("explain", "stage"): (1, 4, False, False), ("explain", "threads"): AT_LEAST_1,  # [tracking] issue 13
+    ("train", "folds"): (2, None, False, False), ("train", "augment_strength"): (0.0, 3.0, False, False),
+    ("train", "dice_weight"): (0.0, 100.0, False, False),
+    ("tune", "trials"): AT_LEAST_1, ("tune", "time_budget"): (0.0, None, True, False), ("tune", "epochs"): AT_LEAST_1,
+    ("tune", "size"): (32, 8192, False, False), ("tune", "threads"): AT_LEAST_1,
+    ("tune", "seed"): (0, 2**32 - 1, False, False),
 }
 
 

@@ -81,7 +81,7 @@ def command(fn):
 
 
 from edgeseg.cli import serve as _serve  # noqa: E402,F401 - registers serve, store, monitor (issue 12)
-from edgeseg.cli import explain as _explain  # noqa: E402,F401 - registers explain (issue 13)
+from edgeseg.cli import explain as _explain, tune as _tune  # noqa: E402,F401 - registers explain, tune (issue 13)
 
 
 def main() -> None:  # pragma: no cover - run as a subprocess by the tests

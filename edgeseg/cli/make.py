@@ -37,6 +37,10 @@ def train(
     time_budget: Optional[float] = typer.Option(None, help="Stop after the epoch that passes N minutes."),
     seed: int = typer.Option(0, help="Random seed (weights, shuffling, augmentation)."),
     no_augment: bool = typer.Option(False, "--no-augment", help="No flips, rotations or intensity jitter."),
+    augment_strength: float = typer.Option(1.0, "--augment-strength", help="Scale of the brightness/contrast "
+                                           "jitter, 0..3 (0: flips and rotations only)."),
+    dice_weight: float = typer.Option(1.0, "--dice-weight", help="Weight of the soft-Dice loss next to "
+                                      "cross-entropy (0: cross-entropy only)."),
     intensity: Optional[str] = typer.Option(None, "--intensity", help="How pixels of any type become the model's "
                                             "8-bit RGB, recorded in the checkpoint and bundle: ct:soft-tissue, "
                                             "ct:lung, ct:bone, ct:brain, window:LEVEL,WIDTH, percentile:LOW,HIGH or "
@@ -46,12 +50,17 @@ def train(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     log: Optional[list[str]] = LOG,
+    folds: Optional[int] = typer.Option(None, "--folds", help="K-fold cross-validation over the training images: "
+                                        "OUT/fold_1..K, results in OUT/folds.{csv,json,md,png}. Default: none."),
+    refit: bool = typer.Option(False, "--refit", help="With --folds: also train the same settings on all "
+                               "training images into OUT/refit."),
     verbose: bool = VERBOSE,
 ):
     """Train or fine-tune a SegFormer; writes a standard HF checkpoint directory.
 
     A run stopped early (killed, or --time-budget spent) resumes when started again with the same
-    options; other options on the same -o are refused, naming what differs.
+    options; other options on the same -o are refused, naming what differs. With --folds K: K
+    models, each validated on the fold it did not see, and the mean and spread of their Dice.
 
     Example: edgeseg train data/kvasir -o runs/b0 --variant b0 --size 256 --epochs 40
     """
@@ -65,7 +74,12 @@ def train(
         classes=_classes(classes), size=size, epochs=epochs, batch_size=batch_size, lr=lr,
         warmup_steps=warmup_steps, device=device, threads=threads, time_budget_min=time_budget, seed=seed,
         augment=not no_augment, progress=not quiet, log=tuple(log or ()), intensity=intensity,
+        augment_strength=augment_strength, dice_weight=dice_weight,
     )
+    if folds is not None or refit:  # [tracking] k-fold cross-validation (edgeseg/train/folds.py)
+        from edgeseg.cli.tune import print_folds
+
+        return print_folds(cfg, folds, refit, overwrite, json_out)
     path = run_train(cfg, overwrite=overwrite)
     from edgeseg.model.checkpoint import read_meta
     from edgeseg.runtime.files import dumps

@@ -20,8 +20,9 @@ def to_tensor(imgs_u8, pp: Preprocess, device):
     return (x - mean) / std
 
 
-def augment(x_u8, y, gen):
-    """Flips, 90-degree rotations (square inputs), brightness/contrast jitter; in torch, per batch."""
+def augment(x_u8, y, gen, strength: float = 1.0):
+    """Flips, 90-degree rotations (square inputs), brightness/contrast jitter; in torch, per batch.
+    ``strength`` scales the jitter (1: brightness +-15% of the range, contrast +-20%; 0: none)."""
     import torch
 
     if torch.rand((), generator=gen) < 0.5:
@@ -33,8 +34,8 @@ def augment(x_u8, y, gen):
         x_u8, y = torch.rot90(x_u8, k, (1, 2)), torch.rot90(y, k, (1, 2))
     x = x_u8.float()
     n = x.shape[0]
-    b = (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.3 * 255
-    c = 1 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.4
+    b = (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * (0.3 * strength) * 255
+    c = 1 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * (0.4 * strength)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = ((x - mean) * c + mean + b).clamp(0, 255)
     return x.round().to(torch.uint8), y

@@ -56,6 +56,7 @@ class TrainConfig:
     dice_weight: float = 1.0
     class_weighting: bool = True
     augment: bool = True
+    augment_strength: float = 1.0  # scales the brightness/contrast jitter (0: flips and rotations only)
     device: str = "auto"
     seed: int = 0
     threads: int | None = None
@@ -76,6 +77,9 @@ class TrainConfig:
             raise ConfigError(f"learning rate {self.lr} out of range (0, 1)")
         if len(self.classes) < 2:
             raise ConfigError("need at least two classes (background and one more)")
+        if not 0 <= self.augment_strength <= 3 or not 0 <= self.dice_weight <= 100:
+            raise ConfigError(f"augment strength must be in [0, 3] and Dice weight in [0, 100], got "
+                              f"{self.augment_strength} and {self.dice_weight}")
         intensity_policy(self.intensity)  # a bad --intensity is refused before any work
 
 
@@ -261,7 +265,7 @@ def fit(model, xs: np.ndarray, ys: np.ndarray, val_orig, val_names, pp: Preproce
                 idx = perm[:cfg.batch_size]
             xb, yb = x_all[idx], y_all[idx]
             if cfg.augment:
-                xb, yb = augment(xb, yb, gen)
+                xb, yb = augment(xb, yb, gen, cfg.augment_strength)
             x = to_tensor(xb, pp, device)
             logits = net(pixel_values=x).logits
             loss = loss_fn(logits, x, yb.to(device))
