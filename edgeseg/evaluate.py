@@ -10,6 +10,7 @@ from pathlib import Path
 
 from edgeseg.data import folders as D
 from edgeseg.errors import DataError
+from edgeseg.measure.confusion import ConfusionMatrix
 from edgeseg.runtime.confidence import ReliabilityBins
 from edgeseg.runtime.files import atomic_write_json, atomic_write_text
 from edgeseg.runtime.metrics import MetricAccumulator
@@ -28,16 +29,19 @@ def evaluate(seg: Segmenter, samples: list[D.Sample], spacing=None, progress: bo
     nc = seg.num_classes
     acc = MetricAccumulator(num_classes=nc, spacing=spacing)
     rel = ReliabilityBins()  # [calibration] ECE over top-class confidence, pixels pooled
+    conf = ConfusionMatrix(seg.classes)  # [tracking] pixel confusion matrix, ground truth x prediction
     masks = {}
     for s in tqdm(samples, desc="evaluate", disable=not progress, file=sys.stderr, leave=False):
         image, gt = D.load_pair(s, nc)
         mask, prob = seg.predict(image, probabilities=True)
         acc.add(mask, gt, prob=prob[1] if nc == 2 else prob, name=s.name)
         rel.add(prob, gt)
+        conf.add(mask, gt)
         if keep_masks:
             masks[s.name] = mask
     summary = acc.summary()
     summary.update(ece=rel.ece(), temperature=seg.temperature, reliability=rel.to_dict())
+    summary["confusion"] = conf.to_dict()
     return summary, acc.rows(), masks
 
 

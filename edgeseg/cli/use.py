@@ -22,6 +22,9 @@ def evaluate(
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write per-image metrics as CSV (default: none)."),
     reliability: Optional[Path] = typer.Option(None, "--reliability", help="Write the reliability diagram (PNG: "
                                                "accuracy vs top-class confidence, ECE) (default: none)."),
+    confusion: Optional[Path] = typer.Option(None, "--confusion", help="Write the pixel confusion matrix as a PNG "
+                                             "(counts and row-normalised) and as JSON beside it (same name, .json) "
+                                             "(default: none)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json/--csv/--reliability file."),
     spacing: Optional[str] = typer.Option(None, help="Pixel spacing 'sy,sx' in mm: HD95 in mm (default: HD95 in "
                                           "pixels)."),
@@ -47,9 +50,10 @@ def evaluate(
     from edgeseg.outputs import check_output_files
     from edgeseg.runners import open_model
 
-    check_output_files({"--json": json_out, "--csv": csv_out, "--reliability": reliability},  # before any work
+    check_output_files({"--json": json_out, "--csv": csv_out, "--reliability": reliability,  # before any work
+                        "--confusion": confusion, "--confusion's JSON": confusion and confusion.with_suffix(".json")},
                        inputs=[model, data], overwrite=overwrite)
-    if reliability:
+    if reliability or confusion:
         from edgeseg.measure.report import require_matplotlib
 
         require_matplotlib()
@@ -73,6 +77,11 @@ def evaluate(
 
         plot_reliability(summary["reliability"], reliability, title=f"{Path(model).name} on {Path(data).name}"
                          + (f" ({split})" if split else ""))
+    if confusion:  # [tracking]
+        from edgeseg.measure.confusion import write_confusion
+
+        write_confusion(summary["confusion"], confusion, title=f"{Path(model).name} on {Path(data).name}"
+                        + (f" ({split})" if split else "") + ": pixels, rows = ground truth")
 
 @command
 def predict(
