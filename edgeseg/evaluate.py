@@ -31,10 +31,14 @@ def evaluate(seg: Segmenter, samples: list[D.Sample], spacing=None, progress: bo
     rel = ReliabilityBins()  # [calibration] ECE over top-class confidence, pixels pooled
     conf = ConfusionMatrix(seg.classes)  # [tracking] pixel confusion matrix, ground truth x prediction
     masks = {}
+    spacings = sample_spacings(samples, spacing)  # [medical] DICOM/NIfTI pixel spacing: HD95 in mm
+    source, flagged = seg.intensity is not None, []  # [intensity] the policy maps the source pixels
     for s in tqdm(samples, desc="evaluate", disable=not progress, file=sys.stderr, leave=False):
-        image, gt = D.load_pair(s, nc)
+        image, gt = D.load_pair(s, nc, source=source)
+        if source and seg.intensity_check(image)["flagged"]:
+            flagged.append(s.name)
         mask, prob = seg.predict(image, probabilities=True)
-        acc.add(mask, gt, prob=prob[1] if nc == 2 else prob, name=s.name)
+        acc.add(mask, gt, prob=prob[1] if nc == 2 else prob, name=s.name, spacing=spacings.get(s.name))
         rel.add(prob, gt)
         conf.add(mask, gt)
         if keep_masks:
@@ -42,7 +46,27 @@ def evaluate(seg: Segmenter, samples: list[D.Sample], spacing=None, progress: bo
     summary = acc.summary()
     summary.update(ece=rel.ece(), temperature=seg.temperature, reliability=rel.to_dict())
     summary["confusion"] = conf.to_dict()
+    summary["hd95_unit"] = "mm" if spacing is not None or spacings else "px"
+    if source:  # [intensity] images whose values do not fit the policy: counted, never silently clipped
+        summary["intensity"] = {"policy": seg.intensity.describe(), "flagged": len(flagged), "flagged_images":
+                                flagged[:20]}
     return summary, acc.rows(), masks
+
+
+def sample_spacings(samples: list[D.Sample], spacing=None) -> dict:
+    """[medical] {name: (sy, sx) mm} from each DICOM/NIfTI image's header when every sample has one
+    and no ``spacing`` was given; {} otherwise (HD95 in pixels, or in mm by ``spacing``)."""
+    if spacing is not None:
+        return {}
+    from edgeseg.data.medical import slice_spacing
+
+    found = {s.name: slice_spacing(s.image) for s in samples}
+    if any(v is None for v in found.values()):
+        if any(v is not None for v in found.values()):
+            log.warning("some images record a pixel spacing and some do not: HD95 in pixels for all "
+                        "(pass --spacing to set one)")
+        return {}
+    return found
 
 
 def write_rows_csv(rows: list[dict], path: str | Path) -> Path:
@@ -67,7 +91,7 @@ def write_json(obj, path: str | Path) -> Path:
 def format_table(summary: dict, spacing=None) -> str:
     """The metrics table: mean over images and pooled over all pixels, with units and the
     empty-mask convention stated (so a reader can tell why mean and pooled Dice differ)."""
-    unit = "mm" if spacing else "px"
+    unit = "mm" if spacing or summary.get("hd95_unit") == "mm" else "px"  # mm also from DICOM/NIfTI headers
     keys = ["dice", "iou", "precision", "recall", "specificity", "accuracy", "auc", "hd95"]
     lines = [f"{'metric':<12} {'mean':>9} {'pooled':>9}"]
     for k in keys:
@@ -83,4 +107,8 @@ def format_table(summary: dict, spacing=None) -> str:
     if summary.get("ece") is not None:  # [calibration]
         lines.append(f"ECE {summary['ece']:.4f} (top-class confidence, {summary['reliability']['bins']} equal-width "
                      f"bins, pixels pooled; temperature {summary.get('temperature', 1.0):.3f})")
+    if summary.get("intensity"):  # [intensity]
+        it = summary["intensity"]
+        lines.append(f"intensity: {it['policy']}; {it['flagged']} image(s) whose values do not fit it"
+                     + (f" (e.g. {it['flagged_images'][0]})" if it["flagged"] else ""))
     return "\n".join(lines)

@@ -37,6 +37,7 @@ class PredictResult:
     images: int
     seconds: float
     files: tuple[str, ...]  # kinds written: masks, overlays, probs
+    intensity_flagged: int = 0  # [intensity] images/slices whose values do not fit the bundle's policy
 
 
 def list_images(src: Path) -> list[tuple[str, Path]]:
@@ -86,21 +87,28 @@ def _bar(total: int, enabled: bool):
 
 def predict_folder(seg: Segmenter, src: Path, out: Path, overlay: bool = True, probs: bool = False,
                    overwrite: bool = False, model_path: str | Path | None = None, model_id: str | None = None,
-                   progress: bool = False, uncertainty: bool = False) -> PredictResult:
+                   progress: bool = False, uncertainty: bool = False, dicom_seg: bool = False) -> PredictResult:
     """Write ``masks/`` (PNG at each image's size), optionally ``overlays/``, ``probs/`` and
     ``uncertainty/`` (heat maps of normalised entropy, and ``uncertainty/summary.json`` with each
     image's summary and flag) into ``out``: a new folder, or (``overwrite``) an earlier predict
     output, replaced whole."""
     out = Path(out)
     check_output(out, "predict", inputs=[src, model_path], overwrite=overwrite)
-    items = list_images(src)
+    from edgeseg.predict_medical import Dispatch  # [medical] DICOM/NIfTI inputs, intensity policies
+
+    med = Dispatch(seg, src, dicom_seg, Path(model_path).name if model_path else seg.path.name, model_id)
+    items = med.items or list_images(src)
     colors = seg.info.get("colors") or [(0, 0, 0), (255, 64, 64)]
     binary = seg.num_classes == 2
     t0 = time.perf_counter()
     unsure: dict[str, dict] = {}  # [uncertainty] name -> summary, percentile, flagged
     with _bar(len(items), progress) as bar, atomic_dir(out) as tmp:  # the bar is cleared before any error line
         for name, path in items:
-            image = D.read_image(path)
+            if med.handles(path):  # [medical] masks in the source's geometry (NIfTI, PNG, DICOM SEG)
+                med.predict(name, path, tmp, overlay, _write, overlay_image)
+                bar.update(1)
+                continue
+            image = med.read(path)  # [intensity] source pixels when the bundle has a policy
             if uncertainty:  # [uncertainty] heat map + summary; the same mask and probabilities
                 res = seg.predict(image, probabilities=probs, uncertainty=True)
                 mask, prob = res.mask, res.probabilities
@@ -110,7 +118,7 @@ def predict_folder(seg: Segmenter, src: Path, out: Path, overlay: bool = True, p
                 mask, prob = seg.predict(image, probabilities=True) if probs else (seg.predict(image), None)
             _write(tmp / "masks" / f"{name}.png", (mask * 255).astype(np.uint8) if binary else mask)
             if overlay:
-                _write(tmp / "overlays" / f"{name}.jpg", overlay_image(image, mask, colors)[:, :, ::-1])
+                _write(tmp / "overlays" / f"{name}.jpg", overlay_image(med.display(image), mask, colors)[:, :, ::-1])
             if prob is not None:
                 if binary:
                     _write(tmp / "probs" / f"{name}.png", (prob[1] * 255 + 0.5).astype(np.uint8))
@@ -123,5 +131,6 @@ def predict_folder(seg: Segmenter, src: Path, out: Path, overlay: bool = True, p
         kinds = tuple(k for k, on in (("masks", True), ("overlays", overlay), ("probs", probs),
                                       ("uncertainty", uncertainty)) if on)
         mark(tmp, "predict", model=Path(model_path).name if model_path else str(seg.path.name),
-             model_id=model_id, runner=seg.runner.name, images=len(items), outputs=list(kinds))
-    return PredictResult(out=out, images=len(items), seconds=time.perf_counter() - t0, files=kinds)
+             model_id=model_id, runner=seg.runner.name, images=len(items), outputs=list(kinds), **med.record())
+    return PredictResult(out=out, images=len(items), seconds=time.perf_counter() - t0, files=kinds,
+                         intensity_flagged=med.flagged)

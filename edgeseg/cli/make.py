@@ -134,8 +134,9 @@ def prune(
         from edgeseg.quantize import load_calibration
 
         # pruning scores channels and re-fits layers: a few images do (unlike INT8 ranges)
-        x, _ = load_calibration(calib, read_meta(checkpoint).preprocess, count=calib_count, split=calib_split,
-                                allow_few=True)
+        meta = read_meta(checkpoint)
+        x, _ = load_calibration(calib, meta.preprocess, count=calib_count, split=calib_split, allow_few=True,
+                                intensity=meta.intensity or None)
     elif importance == "taylor":
         from edgeseg.errors import ConfigError
 

@@ -93,6 +93,8 @@ def predict(
     probs: bool = typer.Option(False, "--probs", help="Also write probability maps (default: off)."),
     uncertainty: bool = typer.Option(False, "--uncertainty", help="Also write uncertainty heat maps and each image's "
                                      "confidence summary and flag in OUT/uncertainty/ (default: off)."),
+    dicom_seg: bool = typer.Option(False, "--dicom-seg", help="Also write a DICOM SEG (OUT/NAME_seg.dcm) for each "
+                                   "DICOM image or series (needs highdicom; default: off)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT when it is an earlier predict output."),
     providers: Optional[str] = PROVIDERS,
     threads: Optional[int] = THREADS,
@@ -114,13 +116,17 @@ def predict(
 
     seg = open_model(model, providers=_providers(providers), threads=threads, device=device, runtime=runtime)
     res = predict_folder(seg, images, out, overlay=overlay, probs=probs, overwrite=overwrite, model_path=model,
-                         model_id=model_id(seg, model), progress=not quiet, uncertainty=uncertainty)
+                         model_id=model_id(seg, model), progress=not quiet, uncertainty=uncertainty,
+                         dicom_seg=dicom_seg)
     if json_out:
         typer.echo(json.dumps({"images": res.images, "out": str(res.out), "outputs": list(res.files),
-                               "seconds": round(res.seconds, 2)}))
+                               "seconds": round(res.seconds, 2), "intensity_flagged": res.intensity_flagged}))
     else:
         typer.echo(f"predicted {res.images} image(s) with {model} ({seg.runner.name}) in {res.seconds:.1f} s: "
                    f"{', '.join(res.files)} in {res.out}")
+        if res.intensity_flagged:  # [intensity] counted, never silently clipped
+            typer.echo(f"{res.intensity_flagged} image(s)/slice(s) do not fit the model's intensity policy "
+                       f"({seg.intensity.describe()}): see {res.out}/.edgeseg-output.json; check their masks")
 
 @command
 def bench(

@@ -55,7 +55,7 @@ def calibration_input_stats(c) -> dict | None:
     if D.fingerprint(samples)["sha256"] != c.calib_info.get("sha256"):
         raise ConfigError(f"the calibration images in {c.calib_root} changed during the run; "
                           "rerun compress so the bundle's input statistics match its INT8 calibration")
-    return input_stats_for(samples, what="calibration images")
+    return input_stats_for(samples, what="calibration images", intensity=c.meta.intensity or None)  # [intensity]
 
 
 def _portable_recipe(r) -> dict:

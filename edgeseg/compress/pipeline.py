@@ -296,7 +296,8 @@ class Compressor:
 
     def val_pairs(self):
         if self._val_pairs is None:
-            self._val_pairs = [(s.name, *D.load_pair(s, len(self.meta.classes))) for s in self.val]
+            self._val_pairs = [(s.name, *D.load_pair(s, len(self.meta.classes), source=bool(self.meta.intensity)))
+                               for s in self.val]  # [intensity] source pixels: every stage's model maps them
         return self._val_pairs
 
     # ------------------------------------------------------------------ measuring
@@ -368,7 +369,8 @@ class Compressor:
 
             torch.set_num_threads(r.threads)  # before the teacher is timed for the estimates
         self.calib, self.calib_info = load_calibration(self.calib_root, self.pp, count=r.calib_count,
-                                                       split=r.calib_split, seed=r.seed)
+                                                       split=r.calib_split, seed=r.seed,
+                                                       intensity=self.meta.intensity or None)  # [intensity]
         stages = [s for s in STAGES if s.enabled(r)]
         train_images = len(D.discover(*self.train_data()[:2])) if r.distill_epochs > 0 else 0
         if self.mode != "replace":

@@ -83,7 +83,7 @@ def looks_like_noise(image: np.ndarray) -> bool:
 
 
 def load_calibration(root: str | Path, pp: Preprocess, count: int = 64, split: str | None = None, seed: int = 0,
-                     allow_few: bool = False) -> tuple[np.ndarray, dict]:
+                     allow_few: bool = False, intensity=None) -> tuple[np.ndarray, dict]:
     """Read, check and pre-process calibration images.
 
     ``root`` is a dataset folder (its ``images/`` are used, masks are not needed) or a plain
@@ -114,7 +114,10 @@ def load_calibration(root: str | Path, pp: Preprocess, count: int = 64, split: s
 
     images, noisy, flat = [], [], []
     for s in samples:
-        im = D.read_image(s.image)
+        im = D.read_image(s.image, intensity)  # [intensity] mapped as the model's training images were
+        if im.dtype != np.uint8:
+            raise DataError(f"calibration image {s.image} holds {im.dtype} pixels and the model records no intensity "
+                            "policy to map them (train it with --intensity)")
         corr, std = noise_stats(im)
         if std < CONSTANT_STD:
             flat.append(s.name)

@@ -8,6 +8,10 @@ Optional split files (``splits/NAME.txt`` or any path) list image names relative
 
 Masks may be {0,255}, {0,1}, RGB, 1-bit, or JPEG with compression noise (thresholded at 128);
 multi-class masks hold label ids ``0..num_classes-1``.
+
+DICOM files, DICOM series folders and NIfTI volumes are images too: a volume's slices become
+samples ``VOLUME/slice_kkkk`` (edgeseg.data.medical_folders); 16-bit and float images keep their
+values in :func:`read_source` for an intensity policy (edgeseg.runtime.intensity).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgeseg.data import medical_folders as MF
 from edgeseg.errors import DataError
 from edgeseg.runtime.files import decode_text
 from edgeseg.runtime.preprocess import MAX_IMAGE_PIXELS
@@ -60,7 +65,7 @@ def image_files(root: Path) -> list[Path]:
         seen.add(real)
         for name in files:
             p = Path(top) / name
-            if p.suffix.lower() not in IMAGE_EXTS:
+            if p.suffix.lower() not in IMAGE_EXTS and not _medical_file(p):
                 continue
             if not p.exists():
                 raise DataError(f"{p} is a link to nothing ({os.readlink(p)}); remove or fix it")
@@ -68,9 +73,17 @@ def image_files(root: Path) -> list[Path]:
     return sorted(found)
 
 
+def _medical_file(p: Path) -> bool:
+    """NIfTI (.nii, .nii.gz) and DICOM (.dcm, .dicom, or no extension with the DICM preamble)."""
+    from edgeseg.data import medical as M
+
+    return M.is_nifti(p) or (p.suffix.lower() in M.DICOM_SUFFIXES or not p.suffix) and M.is_dicom(p)
+
+
 def _key(path: Path, root: Path) -> str:
-    rel = path.relative_to(root).with_suffix("")
-    return rel.as_posix()
+    from edgeseg.data.medical import strip_suffix
+
+    return strip_suffix(path.relative_to(root).as_posix())
 
 
 def read_split(path: Path) -> list[str]:
@@ -166,19 +179,18 @@ def discover(root: str | Path, split: str | None = None, require_masks: bool = T
     if img_root == root:
         images = [p for p in images if mask_root not in p.parents]
     if not images:
-        raise DataError(f"no images (jpg, png, tif, bmp) found in {img_root}")
+        raise DataError(f"no images (jpg, png, tif, bmp, dcm, nii) found in {img_root}")
 
     by_key: dict[str, Path] = {}
-    for p in images:
-        k = _key(p, img_root)
+    items, volumes = MF.expand_images(images, img_root, _key)  # DICOM/NIfTI volumes -> VOLUME/slice_kkkk
+    for k, p in items:
         if k in by_key:
             raise DataError(f"two images share the name {k!r}: {by_key[k].name} and {p.name}")
         by_key[k] = p
 
     masks: dict[str, list[Path]] = {}
     if mask_root.is_dir():
-        for p in image_files(mask_root):
-            k = _key(p, mask_root)
+        for k, p in MF.expand_masks(image_files(mask_root), mask_root, _key, volumes, by_key):
             m = _MASK_SUFFIX.match(k)
             base = k
             if k not in by_key and m and m.group("base") in by_key:
@@ -198,7 +210,7 @@ def discover(root: str | Path, split: str | None = None, require_masks: bool = T
     names = list(by_key)
     split_file = resolve_split(root, split)
     if split_file is not None:
-        wanted = read_split(split_file)
+        wanted = MF.expand_split(read_split(split_file), volumes)
         missing = [n for n in wanted if n not in by_key]
         if missing:
             raise DataError(f"{len(missing)} name(s) in {split_file} have no image, e.g. {missing[0]!r}")
@@ -305,8 +317,28 @@ def _imread(path: Path, flags: int) -> np.ndarray:
     return img
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Any image file -> HxWx3 uint8 RGB. 16-bit is scaled to 8-bit, gray expanded, alpha dropped."""
+def read_source(path: str | Path) -> np.ndarray:
+    """An image's own pixels, any dtype: 8/16-bit or float PNG/TIFF (RGB order, alpha kept), a DICOM
+    image or slice after its modality LUT, a NIfTI slice (edgeseg.data.medical). What a Segmenter
+    whose bundle records an intensity policy takes, and what the policy maps (read_image)."""
+    if MF.is_medical_path(path):
+        return MF.read_source(path)
+    img = _imread(Path(path), cv2.IMREAD_UNCHANGED)
+    if img.dtype.kind == "f" and not np.isfinite(img).all():
+        raise DataError(f"image has NaN or infinite pixels: {path}")
+    return np.ascontiguousarray(img[:, :, ::-1] if img.ndim == 3 and img.shape[2] == 3 else
+                                img[:, :, [2, 1, 0, 3]] if img.ndim == 3 and img.shape[2] == 4 else img)
+
+
+def read_image(path: str | Path, intensity=None) -> np.ndarray:
+    """Any image file -> HxWx3 uint8 RGB. With an ``intensity`` policy (edgeseg.runtime.intensity)
+    its source pixels are mapped by it. Without: 16-bit is scaled to 8-bit, gray expanded, alpha
+    dropped, float refused; DICOM/NIfTI pixels that are not 8-bit (HU ...) come back as they are
+    (:func:`read_source`), for a Segmenter whose bundle's policy maps them (others refuse them)."""
+    if intensity is not None:
+        return MF.apply_policy(read_source(path), intensity, path)
+    if MF.is_medical_path(path):
+        return MF.legacy_rgb(read_source(path), path)
     path = Path(path)
     img = _imread(path, cv2.IMREAD_UNCHANGED)
     if img.dtype == np.uint16:
@@ -314,7 +346,7 @@ def read_image(path: str | Path) -> np.ndarray:
     elif img.dtype in (np.float32, np.float64):
         if not np.isfinite(img).all():
             raise DataError(f"image has NaN or infinite pixels: {path}")
-        raise DataError(f"floating-point images are not supported, convert to 8-bit: {path}")
+        raise DataError(f"{path} has floating-point pixels: they need an intensity policy ({MF.POLICY_HINT})")
     elif img.dtype != np.uint8:
         raise DataError(f"unsupported pixel type {img.dtype} in {path}")
     if img.ndim == 2:
@@ -327,9 +359,9 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def read_mask(path: str | Path, num_classes: int = 2) -> np.ndarray:
-    """A mask file -> HxW uint8 label ids (binary: 0/1)."""
-    path = Path(path)
-    m = _imread(path, cv2.IMREAD_UNCHANGED)
+    """A mask file (or a slice of a label volume) -> HxW uint8 label ids (binary: 0/1)."""
+    medical = MF.is_medical_path(path)
+    m = MF.read_label(path) if medical else _imread(Path(path), cv2.IMREAD_UNCHANGED)
     if m.ndim == 3:
         m = m[:, :, :3].max(axis=2) if num_classes == 2 else m[:, :, 0]
     if m.dtype != np.uint8:
@@ -339,7 +371,7 @@ def read_mask(path: str | Path, num_classes: int = 2) -> np.ndarray:
             raise DataError(f"mask {path} has pixel type {m.dtype}; expected 8-bit")
     values = np.unique(m)
     if num_classes == 2:
-        if _is_jpeg(path):  # lossy by content, whatever the extension says (a PNG named .jpg is lossless)
+        if not medical and _is_jpeg(Path(path)):  # lossy by content, whatever the extension says (a PNG named .jpg is lossless)
             # JPEG noise around {0, 255}: threshold at half; a {0, 1} mask saved as JPEG: at 1
             return (m >= (1 if m.max() <= 2 else 128)).astype(np.uint8)
         if set(values.tolist()) <= {0, 1}:
@@ -360,8 +392,11 @@ def _is_jpeg(path: Path) -> bool:
         return f.read(3) == b"\xff\xd8\xff"
 
 
-def load_pair(sample: Sample, num_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    image = read_image(sample.image)
+def load_pair(sample: Sample, num_classes: int = 2, intensity=None,
+              source: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(image, mask): the image as read_image(..., intensity) gives it, or with ``source`` its own
+    pixels (read_source: what a Segmenter with an intensity policy takes)."""
+    image = read_source(sample.image) if source else read_image(sample.image, intensity)
     mask = None
     for mp in sample.masks:
         m = read_mask(mp, num_classes)
@@ -379,7 +414,10 @@ def load_pair(sample: Sample, num_classes: int = 2) -> tuple[np.ndarray, np.ndar
 def fingerprint(samples: list[Sample]) -> dict:
     """sha256 over the bytes of every image (in order): identifies a calibration/validation set."""
     h = hashlib.sha256()
+    seen: set[str] = set()  # a volume's bytes count once, however many of its slices are used
     for s in samples:
         h.update(s.name.encode())
-        h.update(s.image.read_bytes())
+        if str(s.image) not in seen:
+            seen.add(str(s.image))
+            MF.hash_source(h, s.image)
     return {"sha256": h.hexdigest(), "count": len(samples)}

@@ -87,11 +87,6 @@ def is_dicom(path: str | Path) -> bool:
     return p.is_file() and (p.suffix.lower() in DICOM_SUFFIXES or (not p.suffix and has_dicom_magic(p)))
 
 
-def is_medical(path: str | Path) -> bool:
-    return isinstance(path, SlicePath) and path.index is not None or is_nifti(path) or is_dicom(path) \
-        or is_series_dir(path)
-
-
 def is_series_dir(path: str | Path) -> bool:
     p = Path(path)
     if not p.is_dir():

@@ -89,6 +89,7 @@ def manifest_for(meta: CheckpointMeta, source: Path | None, extra: dict | None =
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
         "metrics": {"checkpoint": meta.metrics},
+        **({"intensity": meta.intensity} if meta.intensity else {}),  # [intensity] applied by the runtime
     }
     if extra:
         m.update(extra)
@@ -96,16 +97,17 @@ def manifest_for(meta: CheckpointMeta, source: Path | None, extra: dict | None =
 
 
 # --- [drift guard] input statistics recorded in the manifest -----------------------------
-def input_stats_for(samples: list[D.Sample], what: str = "parity images") -> dict | None:
+def input_stats_for(samples: list[D.Sample], what: str = "parity images", intensity=None) -> dict | None:
     """Calibration statistics of the images (``input_stats``, see edgeseg.runtime.drift), or
-    None (with a warning) when there are too few images to set a threshold from."""
+    None (with a warning) when there are too few images to set a threshold from. With an
+    ``intensity`` policy: of the images it maps (what the runtime's drift guard sees)."""
     from edgeseg.runtime.drift import MIN_IMAGES, image_stats
 
     if len(samples) < MIN_IMAGES:
         log.warning("only %d image(s): no input statistics recorded (the drift guard needs at least %d)",
                     len(samples), MIN_IMAGES)
         return None
-    stats = image_stats([D.read_image(s.image) for s in samples])
+    stats = image_stats([D.read_image(s.image, intensity) for s in samples])
     stats["source"] = {"what": what, "images": len(samples), "sha256": D.fingerprint(samples)["sha256"]}
     return stats
 # --- [/drift guard] ----------------------------------------------------------------------
@@ -126,7 +128,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, cfg: ExportConfig = E
         model, meta = load_checkpoint(checkpoint)
     samples = parity_samples(data, split, limit, meta)
     pp = meta.preprocess
-    info = {"preprocess": pp.to_dict(), "classes": meta.classes, "colors": [list(c) for c in meta.colors]}
+    info = {"preprocess": pp.to_dict(), "classes": meta.classes, "colors": [list(c) for c in meta.colors],
+            **({"intensity": meta.intensity} if meta.intensity else {})}
     tol = tol or Tolerance.for_precision("fp16" if cfg.fp16 else "fp32")
     with tempfile.TemporaryDirectory(prefix=".edgeseg-export-", dir=Path(out).parent if Path(out).parent.exists()
                                      else None) as td:
@@ -141,7 +144,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, cfg: ExportConfig = E
                         export=asdict(cfg), parity=rep)
         manifest.setdefault("stages", [])
         if "input_stats" not in manifest:  # [drift guard] from the parity images (extra_manifest may give its own)
-            stats = input_stats_for(samples)
+            stats = input_stats_for(samples, intensity=meta.intensity or None)
             if stats is not None:
                 manifest["input_stats"] = stats
         from edgeseg.export.confidence import confidence_sections  # [temperature] + [uncertainty]

@@ -40,10 +40,11 @@ def parity(ref: Segmenter, cand: Segmenter, samples: list[D.Sample], check_logit
     agree, total = 0, 0
     labelled = all(s.masks for s in samples)
     for s in samples:
+        source = ref.intensity is not None  # [intensity] source pixels: prepare maps them by the policy
         if labelled:
-            image, gt = D.load_pair(s, nc)
+            image, gt = D.load_pair(s, nc, source=source)
         else:
-            image, gt = D.read_image(s.image), None
+            image, gt = D.read_source(s.image) if source else D.read_image(s.image), None
         batch = ref.prepare([image])
         o_r, o_c = ref.infer(batch), cand.infer(batch)
         if check_logits and "logits" in o_r and "logits" in o_c:

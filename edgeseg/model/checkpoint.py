@@ -38,6 +38,7 @@ class CheckpointMeta:
     metrics: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
+    intensity: dict = field(default_factory=dict)  # the intensity policy (edgeseg.runtime.intensity); {}: none
     recorded: bool = True  # False when read from a plain HF checkpoint without edgeseg metadata
 
     def __post_init__(self) -> None:
@@ -53,6 +54,7 @@ class CheckpointMeta:
             "metrics": self.metrics,
             "provenance": self.provenance,
             "training": self.training,
+            **({"intensity": self.intensity} if self.intensity else {}),
         }
 
     @classmethod
@@ -72,6 +74,7 @@ class CheckpointMeta:
             metrics=d.get("metrics", {}),
             provenance=d.get("provenance", {}),
             training=d.get("training", {}),
+            intensity=_intensity(d.get("intensity"), where),
         )
 
 
@@ -87,6 +90,18 @@ def _preprocess(p, where: str) -> Preprocess:
         return Preprocess.from_dict(p)
     except EdgesegError as exc:
         raise ModelError(f"{where}: preprocess: {exc}") from None
+
+
+def _intensity(d, where: str) -> dict:
+    """The recorded intensity policy, checked ({} when none)."""
+    if not d:
+        return {}
+    from edgeseg.runtime.intensity import IntensityPolicy
+
+    try:
+        return IntensityPolicy.from_dict(d).to_dict()
+    except EdgesegError as exc:
+        raise ModelError(f"{where}: {exc}") from None
 
 
 def _classes(v, where: str) -> list[str]:

@@ -101,7 +101,7 @@ def _check_out(src: Path, out: Path, bundle: bool, overwrite: bool) -> None:
 
 
 def _calibration(calib, pp: Preprocess, recipe: QuantRecipe, count: int, split: str | None, seed: int,
-                 allow_few: bool) -> tuple[np.ndarray | None, dict | None]:
+                 allow_few: bool, intensity=None) -> tuple[np.ndarray | None, dict | None]:
     from edgeseg.data.calibration import load_calibration
 
     if not recipe.needs_calibration:
@@ -119,7 +119,7 @@ def _calibration(calib, pp: Preprocess, recipe: QuantRecipe, count: int, split: 
     if not root.is_dir():
         raise DataError(f"calibration folder not found: {root} (expected a folder of images, or a dataset "
                         "folder with images/)")
-    return load_calibration(root, pp, count=count, split=split, seed=seed, allow_few=allow_few)
+    return load_calibration(root, pp, count=count, split=split, seed=seed, allow_few=allow_few, intensity=intensity)
 
 
 def quantize(src: str | Path, out: str | Path, target: str, calib: str | Path | tuple | None = None,
@@ -154,7 +154,8 @@ def quantize(src: str | Path, out: str | Path, target: str, calib: str | Path | 
         method = get_calibration(method or DEFAULT_METHOD).name
     model_file, pp, manifest = _source(src)
     _check_out(src, out, manifest is not None, overwrite)
-    x, info = _calibration(calib, pp, recipe, calib_count, calib_split, seed, allow_few)
+    x, info = _calibration(calib, pp, recipe, calib_count, calib_split, seed, allow_few,
+                           manifest.get("intensity") if manifest is not None else None)  # [intensity]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.q-", dir=out.parent) as td:

@@ -186,7 +186,8 @@ def validate_image(image: np.ndarray, max_pixels: int | None = MAX_IMAGE_PIXELS)
     if image.dtype != np.uint8:
         if image.dtype.kind in "fc" and image.size and not np.isfinite(image).all():
             raise InputError(f"image must be uint8 (0-255), got dtype {image.dtype} with NaN or infinite values")
-        raise InputError(f"image must be uint8 (0-255), got dtype {image.dtype}; convert it first")
+        raise InputError(f"image must be uint8 (0-255), got dtype {image.dtype}; convert it first (a model trained "
+                         "with an intensity policy, `edgeseg train --intensity`, takes any pixel type)")
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
         raise InputError(f"image must be HxWx3 RGB (or HxW gray), got shape {image.shape}")
     if image.shape[0] < 1 or image.shape[1] < 1:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.data import folders as D
-from edgeseg.errors import ConfigError
+from edgeseg.errors import ConfigError, DataError
 from edgeseg.model.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from edgeseg.model.variants import build_model
 from edgeseg.runtime.files import atomic_write_json
@@ -115,6 +115,10 @@ def load_arrays(samples, pp: Preprocess, num_classes: int, keep_original: bool =
     originals = []
     for i, s in enumerate(samples):
         image, mask = D.load_pair(s, num_classes, intensity=intensity)
+        if image.dtype != np.uint8:  # [intensity] never clipped to 0-255 silently
+            raise DataError(f"{s.image} holds {image.dtype} pixels ({float(image.min()):g}..{float(image.max()):g}): "
+                            "choose how they map to the model's 8-bit input with --intensity (e.g. ct:soft-tissue, "
+                            "window:LEVEL,WIDTH, percentile:0.5,99.5, minmax:MIN,MAX)")
         imgs[i] = np.clip(resize(image.astype(np.float32), pp.height, pp.width) + 0.5, 0, 255).astype(np.uint8)
         onehot = np.stack([(mask == c).astype(np.float32) for c in range(num_classes)], axis=-1)
         masks[i] = resize(onehot, pp.height, pp.width).argmax(axis=-1).astype(np.uint8)
