@@ -87,13 +87,18 @@ def _bar(total: int, enabled: bool):
 
 def predict_folder(seg: Segmenter, src: Path, out: Path, overlay: bool = True, probs: bool = False,
                    overwrite: bool = False, model_path: str | Path | None = None, model_id: str | None = None,
-                   progress: bool = False, uncertainty: bool = False, dicom_seg: bool = False) -> PredictResult:
+                   progress: bool = False, uncertainty: bool = False, dicom_seg: bool = False,
+                   slides=None) -> PredictResult:
     """Write ``masks/`` (PNG at each image's size), optionally ``overlays/``, ``probs/`` and
     ``uncertainty/`` (heat maps of normalised entropy, and ``uncertainty/summary.json`` with each
     image's summary and flag) into ``out``: a new folder, or (``overwrite``) an earlier predict
-    output, replaced whole."""
+    output, replaced whole. Slides (TIFFs over 100 MP; ``slides``: an ``edgeseg.predict_slide.Slides``
+    with the tiling options) are tiled into ``NAME_mask.tif`` and ``NAME_preview.png``."""
     out = Path(out)
     check_output(out, "predict", inputs=[src, model_path], overwrite=overwrite)
+    from edgeseg.predict_slide import Slides  # [slide] large TIFFs: tiled, read and written tile by tile
+
+    slides = slides or Slides(seg, progress=progress)
     from edgeseg.predict_medical import Dispatch  # [medical] DICOM/NIfTI inputs, intensity policies
 
     med = Dispatch(seg, src, dicom_seg, Path(model_path).name if model_path else seg.path.name, model_id)
@@ -106,6 +111,10 @@ def predict_folder(seg: Segmenter, src: Path, out: Path, overlay: bool = True, p
         for name, path in items:
             if med.handles(path):  # [medical] masks in the source's geometry (NIfTI, PNG, DICOM SEG)
                 med.predict(name, path, tmp, overlay, _write, overlay_image)
+                bar.update(1)
+                continue
+            if slides.handles(path):  # [slide] NAME_mask.tif (tiled TIFF) + NAME_preview.png
+                slides.predict(name, path, tmp, overlay)
                 bar.update(1)
                 continue
             image = med.read(path)  # [intensity] source pixels when the bundle has a policy

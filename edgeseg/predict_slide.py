@@ -83,3 +83,52 @@ def _rows_bar(name: str, enabled: bool):
 
     return tqdm(desc=f"slide {name}", unit="row", disable=not enabled,
                 file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def bench_slide(models, slide: Path, options: TileOptions | None = None, threads: int | None = None,
+                device: str = "cpu", providers: list[str] | None = None) -> dict:
+    """``edgeseg bench MODEL... --data SLIDE.tif``: one pass of each model over the slide, tile by
+    tile as ``predict`` does (mask written to a temporary folder, then removed): model load,
+    slide and end-to-end seconds, windows run and skipped, windows and megapixels per second."""
+    import os
+    import tempfile
+    import time
+    from dataclasses import asdict
+
+    from edgeseg.measure.machine import machine_info
+    from edgeseg.runners import open_model
+    from edgeseg.runtime.files import json_clean
+    from edgeseg.runtime.slide import segment_slide
+
+    options = options or TileOptions()
+    rows = []
+    load0 = os.getloadavg()
+    for model in models:
+        t0 = time.perf_counter()
+        seg = open_model(model, providers=providers, threads=threads, device=device)
+        load_s = time.perf_counter() - t0
+        try:
+            with tempfile.TemporaryDirectory(prefix=".edgeseg-bench-slide-") as tmp:
+                info = segment_slide(seg, slide, Path(tmp) / "mask.tif", None, options)
+        finally:
+            seg.close()
+        mp = info["height"] * info["width"] / 1e6
+        rows.append({"model": str(model), "backend": seg.runner.name, "load_s": round(load_s, 3),
+                     "slide_s": info["seconds"], "end_to_end_s": round(load_s + info["seconds"], 3),
+                     "windows": info["windows"], "tiles_run": info["tiles_run"], "tiles_skipped": info["tiles_skipped"],
+                     "windows_per_s": info["tiles_per_s"], "megapixels_per_s": round(mp / info["seconds"], 3)})
+    return json_clean({"schema": "edgeseg-bench-slide/1", "slide": {"path": str(slide), "width": info["width"],
+                       "height": info["height"], "window": info["window"]}, "options": asdict(options),
+                       "threads": threads, "machine": machine_info(), "loadavg_before": list(load0),
+                       "loadavg_after": list(os.getloadavg()), "rows": rows})
+
+
+def format_slide_bench(result: dict) -> str:
+    s = result["slide"]
+    head = (f"slide {Path(s['path']).name}: {s['width']}x{s['height']}, windows of {s['window'][0]}x{s['window'][1]} px "
+            f"(overlap {result['options']['overlap']}, scale {result['options']['scale']})")
+    lines = [head, f"{'model':<40} {'backend':<18} {'end-to-end s':>12} {'windows':>8} {'skipped':>8} "
+             f"{'windows/s':>10} {'MP/s':>7}"]
+    lines += [f"{Path(r['model']).name[:40]:<40} {r['backend'][:18]:<18} {r['end_to_end_s']:>12.1f} {r['windows']:>8} "
+              f"{r['tiles_skipped']:>8} {r['windows_per_s']:>10} {r['megapixels_per_s']:>7}" for r in result["rows"]]
+    return "\n".join(lines)

@@ -172,3 +172,34 @@ def test_predict_cli_bad_tile_options(tiny_bundle, tmp_path, args):
     path = write_tiff(tmp_path / "slide.tif", rgb(50, 60))
     refused(cli("predict", tiny_bundle, path, "-o", tmp_path / "out", *args), "tile")
     assert not (tmp_path / "out").exists()
+
+
+def test_bench_on_a_slide(tiny_bundle, tmp_path):
+    import json
+
+    path = write_tiff(tmp_path / "slide.tif", smooth(200, 260, seed=6))
+    r = cli("bench", tiny_bundle, "--data", path, "--json", tmp_path / "b.json", "-q")
+    worked(r)
+    assert "windows/s" in r.stdout and "slide slide.tif: 260x200" in r.stdout
+    res = json.loads((tmp_path / "b.json").read_text())
+    row = res["rows"][0]
+    assert row["windows"] == row["tiles_run"] > 0 and row["end_to_end_s"] >= row["slide_s"] > 0
+    assert row["windows_per_s"] > 0 and res["slide"]["window"] == [64, 64]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "slide.tif"]  # the mask went with its temp folder
+
+
+def test_mask_writer_streams_a_large_mask(tmp_path):
+    """Tiles go to the file as they come: tifffile's default would hold up to 512 MB of them."""
+    h = w = 8000
+
+    def chunks():
+        for y in range(0, h, 500):
+            yield y, np.full((500, w), 255 * (y // 500 % 2), np.uint8)
+
+    tracemalloc.start()
+    write_mask_tiff(tmp_path / "m.tif", h, w, chunks())
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 24e6, peak  # the mask itself is 64 MB
+    with tifffile.TiffFile(tmp_path / "m.tif") as t:
+        assert t.pages[0].asarray()[::500, 0].tolist() == [0, 255] * 8

@@ -95,6 +95,15 @@ def predict(
                                      "confidence summary and flag in OUT/uncertainty/ (default: off)."),
     dicom_seg: bool = typer.Option(False, "--dicom-seg", help="Also write a DICOM SEG (OUT/NAME_seg.dcm) for each "
                                    "DICOM image or series (needs highdicom; default: off)."),
+    tiled: bool = typer.Option(False, "--tiled", help="Predict every TIFF as a slide, tile by tile (default: only "
+                               "TIFFs over 100 MP: OUT/NAME_mask.tif, OUT/NAME_preview.png)."),
+    tile_overlap: float = typer.Option(0.25, "--tile-overlap", help="Slides: fraction of a window shared with its "
+                                       "neighbour, 0-0.9; overlaps are blended (Gaussian)."),
+    tile_batch: int = typer.Option(4, "--tile-batch", help="Slides: windows per model call."),
+    tile_scale: float = typer.Option(1.0, "--tile-scale", help="Slides: model pixels per slide pixel (0.5: the model "
+                                     "was trained at half the slide's resolution)."),
+    skip_background: bool = typer.Option(False, "--skip-background", help="Slides: do not run windows without "
+                                         "tissue (H&E: near-white, unsaturated); they are background."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT when it is an earlier predict output."),
     providers: Optional[str] = PROVIDERS,
     threads: Optional[int] = THREADS,
@@ -106,18 +115,27 @@ def predict(
 ):
     """Masks (PNG, original size), overlays and optional probability maps.
 
-    Images are streamed; OUT appears complete at the end or not at all.
+    Images are streamed; OUT appears complete at the end or not at all. TIFF slides over 100 MP
+    (every TIFF with --tiled) are read and predicted tile by tile with flat memory: the full-size
+    OUT/NAME_mask.tif (tiled TIFF) and OUT/NAME_preview.png.
 
     Example: edgeseg predict runs/compressed/bundle scans/ -o runs/masks
     """
     _setup_logging(verbose)
     from edgeseg.predict import predict_folder
+    from edgeseg.predict_slide import Slides
     from edgeseg.runners import model_id, open_model
+    from edgeseg.runtime.tiled import TileOptions
 
+    tiles = TileOptions(overlap=tile_overlap, batch=tile_batch, scale=tile_scale, skip_background=skip_background)
     seg = open_model(model, providers=_providers(providers), threads=threads, device=device, runtime=runtime)
+    slides = Slides(seg, tiles, force=tiled, progress=not quiet)
     res = predict_folder(seg, images, out, overlay=overlay, probs=probs, overwrite=overwrite, model_path=model,
                          model_id=model_id(seg, model), progress=not quiet, uncertainty=uncertainty,
-                         dicom_seg=dicom_seg)
+                         dicom_seg=dicom_seg, slides=slides)
+    for name, s in slides.done.items():  # [slide]
+        typer.echo(f"slide {name}: {s['width']}x{s['height']}, {s['windows']} windows ({s['tiles_skipped']} skipped) "
+                   f"in {s['seconds']:.1f} s, {s['tiles_per_s']} windows/s: {s['mask']}", err=json_out)
     if json_out:
         typer.echo(json.dumps({"images": res.images, "out": str(res.out), "outputs": list(res.files),
                                "seconds": round(res.seconds, 2), "intensity_flagged": res.intensity_flagged}))
@@ -131,7 +149,9 @@ def predict(
 @command
 def bench(
     models: List[Path] = typer.Argument(..., help="Models: HF checkpoint dirs, bundle dirs, .onnx, .engine."),
-    data: Path = typer.Option(..., "--data", help="Labelled folder (images/ + masks/)."),
+    data: Path = typer.Option(..., "--data", help="Labelled folder (images/ + masks/), or a TIFF slide: one pass "
+                              "tile by tile per model (end-to-end seconds, windows/s)."),
+    tile_scale: float = typer.Option(1.0, "--tile-scale", help="Slides: model pixels per slide pixel."),
     split: Optional[str] = typer.Option(None, help="Split name (DATA/splits/NAME.txt) or file."),
     reference: Optional[Path] = typer.Option(None, help="Reference for Dice drop (default: the first checkpoint "
                                              "among MODELS)."),
@@ -162,6 +182,20 @@ def bench(
     Example: edgeseg bench runs/b0 runs/compressed/bundle --data data/kvasir --split test --out runs/bench
     """
     _setup_logging(verbose)
+    if data.is_file():  # [slide] a TIFF slide: end-to-end seconds per slide, windows per second
+        from edgeseg.outputs import check_output_files
+        from edgeseg.predict_slide import bench_slide, format_slide_bench
+        from edgeseg.runtime.tiled import TileOptions
+
+        check_output_files({"--json": json_out}, inputs=[*models, data], overwrite=overwrite)
+        res = bench_slide(models, data, TileOptions(scale=tile_scale), threads=threads, device=device,
+                          providers=_providers(providers[0]) if providers else None)
+        typer.echo(format_slide_bench(res))
+        if json_out:
+            from edgeseg.runtime.files import atomic_write_json
+
+            atomic_write_json(json_out, res)
+        return
     from edgeseg.measure.baseline import compare_baseline, load_result
     from edgeseg.measure.bench import BenchConfig, parse_batch_sizes
     from edgeseg.measure.bench import bench as run_bench

@@ -35,6 +35,7 @@ from edgeseg.runtime.tiled import TiledPredictor, TileOptions
 MASK_TILE = 256
 PREVIEW_SIDE = 2048  # longest side of the preview, in pixels
 BIGTIFF_BYTES = 2**31  # masks larger than this (before compression) are written as BigTIFF
+WRITE_BUFFER = 2**22  # bytes of mask tiles compressed per pass: with one thread, tiles go out as they come
 
 
 def _tifffile():
@@ -200,7 +201,8 @@ def write_mask_tiff(path: str | Path, height: int, width: int, chunks: Iterable[
         with tf.TiffWriter(tmp, bigtiff=height * width >= BIGTIFF_BYTES) as w:
             w.write(_mask_tiles(chunks, height, width, tile), shape=(height, width), dtype=np.uint8,
                     tile=(tile, tile), compression="zlib", photometric="minisblack", description=description,
-                    resolution=resolution, resolutionunit="CENTIMETER" if resolution else None, metadata=None)
+                    resolution=resolution, resolutionunit="CENTIMETER" if resolution else None, metadata=None,
+                    maxworkers=1, buffersize=WRITE_BUFFER)  # tifffile's default buffers 512 MB of tiles
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException as exc:
