@@ -360,3 +360,26 @@ def test_missing_web_framework_is_one_line(store, monkeypatch):
     monkeypatch.setitem(sys.modules, "fastapi", None)
     with pytest.raises(MissingDependency, match=r'pip install "edgeseg\[serve\]"'):
         create_app(store)
+
+
+def test_source_pixels_for_a_model_with_an_intensity_policy(tiny_bundle, tmp_path, client):
+    """A CT-windowed bundle takes float/16-bit gray images (HU) and the runtime maps them; a model
+    without a policy refuses them (see BAD, 16-bit image)."""
+    from fastapi.testclient import TestClient
+
+    from edgeseg.runtime import Segmenter
+    from edgeseg.runtime.intensity import parse
+    from edgeseg.serve.app import create_app
+    from edgeseg.serve.encode import rle_decode
+    from test_serve_helpers import relabelled
+
+    ct = relabelled(tiny_bundle, tmp_path / "ct", "ct", intensity=parse("ct:soft-tissue").to_dict())
+    hu = np.random.default_rng(0).uniform(-300, 400, (40, 50)).astype(np.float32)
+    body = encoded(hu, "TIFF")
+    with TestClient(create_app(ct)) as c:
+        r = post_image(c, body, "image/tiff")
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(rle_decode(r.json()["mask"]), Segmenter(ct).predict(hu))
+    assert r.json()["intensity"]["flagged"] is False
+    refused = post_image(client, body, "image/tiff")
+    assert refused.status_code == 415 and "intensity policy" in refused.json()["error"]

@@ -28,12 +28,12 @@ def encoded(arr: np.ndarray, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def relabelled(bundle: Path, out: Path, note: str) -> Path:
+def relabelled(bundle: Path, out: Path, note: str, **changes) -> Path:
     """The same model as a second, distinct bundle (another manifest, so another sha256)."""
     from edgeseg.runtime.bundle import read_bundle, write_bundle
 
     b = read_bundle(bundle)
-    return write_bundle(out, {b.manifest.model: bundle / b.manifest.model}, b.manifest.derive(note=note))
+    return write_bundle(out, {b.manifest.model: bundle / b.manifest.model}, b.manifest.derive(note=note, **changes))
 
 
 def two_version_store(bundle: Path, root: Path) -> tuple[Path, Path]:

@@ -1,7 +1,8 @@
 """Request bodies to images and masks to PNG, with the service's limits.
 
 Decoding is Pillow's (the runtime has no image decoder and no OpenCV): PNG, JPEG and TIFF,
-recognised by their first bytes, never by a file name. The pixel count is checked from the
+recognised by their first bytes, never by a file name; 16-bit and float gray images only for a
+model with an intensity policy (the runtime maps them). The pixel count is checked from the
 header before any pixel is decoded, and a truncated file is refused, not padded.
 Every refusal is an :class:`ImageRefused` carrying the HTTP status it maps to.
 """
@@ -19,6 +20,8 @@ SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/tiff", "application/octet-stream")
 # Pillow modes that are 8 bits a channel and convert to RGB without choosing an intensity window
 EIGHT_BIT = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La", "RGBa")
+# gray modes whose values a bundle's intensity policy maps (CT in HU, 16-bit ultrasound, float)
+SOURCE_GRAY = ("L", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
 class ImageRefused(InputError):
@@ -55,12 +58,16 @@ def _open(data: bytes, what: str, max_pixels: int):
     return im
 
 
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """PNG/JPEG/TIFF bytes -> (H, W, 3) uint8 RGB."""
+def decode_image(data: bytes, max_pixels: int, source_pixels: bool = False) -> np.ndarray:
+    """PNG/JPEG/TIFF bytes -> (H, W, 3) uint8 RGB. With ``source_pixels`` (a model whose bundle
+    records an intensity policy) gray images keep their own values and type (16-bit, 32-bit,
+    float) for the Segmenter to map; without, more than 8 bits a channel is refused (415)."""
     im = _open(data, "image", max_pixels)
+    if source_pixels and im.mode in SOURCE_GRAY:
+        return np.asarray(im)
     if im.mode not in EIGHT_BIT:
-        raise ImageRefused(f"the image is {im.mode} (more than 8 bits a channel); the service takes 8-bit images: "
-                           "window or scale it to 8 bits first", 415)
+        raise ImageRefused(f"the image is {im.mode} (more than 8 bits a channel) and this model records no intensity "
+                           "policy: send an 8-bit image (window or scale it first)", 415)
     return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 

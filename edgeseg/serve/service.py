@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.runtime.errors import BundleError, EdgesegError, InputError
+from edgeseg.runtime.files import json_clean
 from edgeseg.serve.encode import class_areas
 from edgeseg.serve.feedback import Answer, RecentAnswers, score
 from edgeseg.serve.images import decode_image, decode_mask, encode_png, sniff
@@ -88,8 +89,9 @@ class Service:
         t0 = time.perf_counter()
         request_id = uuid.uuid4().hex
         loaded = self.model(version)  # held for the whole request
-        image = decode_image(data, self.max_pixels)
         seg = loaded.segmenter
+        policy = getattr(seg, "intensity", None)  # [intensity] source pixels, mapped by the Segmenter
+        image = decode_image(data, self.max_pixels, source_pixels=policy is not None)
         drift = seg.drift(image) if seg.drift_guard is not None else None
         kinds = {o["kind"] for o in seg.outputs}
         probs = None
@@ -104,6 +106,7 @@ class Service:
             "size": [h, w], "classes": list(seg.classes), "areas": areas,
             "area_fraction": {k: v / (h * w) for k, v in areas.items()},
             "mean_confidence": float(probs.max(axis=0).mean()) if probs is not None else None,
+            "intensity": json_clean(seg.intensity_check(image)) if policy is not None else None,
             "drift": ({"score": float(drift["score"]), "drifted": bool(drift["drifted"]),
                        "threshold": float(drift["threshold"]), "likely_cause": drift.get("likely_cause")}
                       if drift is not None else {"score": None, "drifted": None}),

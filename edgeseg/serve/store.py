@@ -67,6 +67,10 @@ def smoke_test(seg) -> None:
     yy, xx = np.mgrid[0:h, 0:w]
     image = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), (xx + yy) % 256], axis=2)
     image = image.astype(np.uint8)
+    policy = getattr(seg, "intensity", None)
+    if policy is not None:  # source pixels spanning the policy's range (HU for a CT window), not display levels
+        lo, hi = (0.0, 1000.0) if policy.kind == "percentile" else (policy.low, policy.high)
+        image = (lo + image[:, :, 0].astype(np.float32) / 255.0 * (hi - lo)).astype(np.float32)
     kinds = {o["kind"] for o in seg.outputs}
     try:
         if kinds & {"logits", "probs"}:
