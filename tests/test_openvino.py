@@ -279,3 +279,28 @@ def test_evaluate_and_predict_take_runtime(tiny_bundle, embedded, tmp_path):
     assert json.loads((tmp_path / "e.json").read_text())["runner"] == "openvino-cpu"
     r = run_cli("evaluate", tiny_bundle, embedded, "--runtime", "mxnet")
     one_line_error(r, "unknown runtime 'mxnet'")
+
+
+def test_export_runtime_auto_is_checked_before_any_work(tiny_ckpt, tmp_path):
+    from conftest import run_cli
+
+    r = run_cli("export", tiny_ckpt, "-o", tmp_path / "b", "--runtime", "openvino")
+    one_line_error(r, "--runtime for export takes only auto")
+    r = run_cli("export", tiny_ckpt, "-o", tmp_path / "e.engine", "--format", "tensorrt", "--runtime", "auto")
+    one_line_error(r, "--runtime only applies to --format bundle")
+    assert not (tmp_path / "b").exists() and not (tmp_path / "e.engine").exists()
+
+
+@pytest.mark.slow
+def test_export_runtime_auto_records_the_measured_winner(tiny_ckpt, tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    r = run_cli("export", tiny_ckpt, "-o", tmp_path / "b", "--runtime", "auto")
+    assert r.returncode == 0, r.stderr
+    printed = json.loads(r.stdout)["runtime"]
+    section = read_bundle(tmp_path / "b").manifest["runtime"]  # the bundle still verifies
+    assert section == printed and section["preferred"] in ("onnxruntime", "openvino")
+    assert set(section["measured"]["p50_ms"]) == {"onnxruntime", "openvino"}
+    assert Segmenter(tmp_path / "b", runtime="auto").runtime == section["preferred"]

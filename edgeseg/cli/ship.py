@@ -33,6 +33,9 @@ def export(
     timing_cache: Optional[Path] = typer.Option(None, help="tensorrt: timing cache file."),
     dla_core: Optional[int] = typer.Option(None, help="tensorrt: DLA core (Jetson)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT when it is an earlier bundle."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="auto: time the bundle here under ONNX Runtime "
+                                          "and OpenVINO (batch 1, every usable core) and record the faster in its "
+                                          "manifest, for `--runtime auto` (default: record nothing)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details to stderr."),
 ):
     """Export a checkpoint to a verified bundle, or a bundle to a TensorRT engine or a Triton repository.
@@ -48,16 +51,20 @@ def export(
         return export_triton_cli(model, out, overwrite, {"--fp16": fp16, "--no-fold": not fold, "--opset": opset != 17,
                                  "--dynamic-hw": dynamic_hw, "--postprocess": postprocess != "none", "--data": data,
                                  "--split": split, "--parity-images": parity_images != 16, "--precision": precision
-                                 != "auto", "--timing-cache": timing_cache, "--dla-core": dla_core is not None})
+                                 != "auto", "--timing-cache": timing_cache, "--dla-core": dla_core is not None,
+                                 "--runtime": runtime is not None})
     # [conflicts] an option of the other --format would be silently ignored: refuse it
     if format == "tensorrt":
         other = [n for n, on in (("--fp16", fp16), ("--no-fold", not fold), ("--dynamic-hw", dynamic_hw),
                                  ("--postprocess", postprocess != "none"), ("--data", data is not None),
-                                 ("--split", split is not None)) if on]
+                                 ("--split", split is not None), ("--runtime", runtime is not None)) if on]
         if other:
             raise ConfigError(f"{', '.join(other)} only applies to --format bundle; --format tensorrt builds the "
                               "engine from the bundle as it is (choose its precision with --precision)")
     elif format == "bundle":
+        if runtime not in (None, "auto"):
+            raise ConfigError(f"--runtime for export takes only auto (measure and record the faster runtime), got "
+                              f"{runtime!r}; choose a runtime where the bundle is used (predict, evaluate, bench)")
         other = [n for n, on in (("--precision", precision != "auto"), ("--timing-cache", timing_cache is not None),
                                  ("--dla-core", dla_core is not None)) if on]
         if other:
@@ -76,9 +83,17 @@ def export(
 
     cfg = ExportConfig(opset=opset, fp16=fp16, fold=fold, dynamic_hw=dynamic_hw, postprocess=postprocess)
     path, rep = export_bundle(model, out, cfg, data=data, split=split, limit=parity_images, overwrite=overwrite)
+    result = {"bundle": str(path), "parity": rep}
+    if runtime == "auto":  # [runtimes] measured here, recorded in the bundle's manifest
+        from edgeseg.measure.machine import usable_cores
+        from edgeseg.measure.runtimes import record_in_bundle, runtime_section, time_runtimes
+
+        timing = time_runtimes(path, threads=usable_cores())
+        record_in_bundle(path, timing)
+        result["runtime"] = runtime_section(timing)
     from edgeseg.runtime.files import dumps
 
-    typer.echo(dumps({"bundle": str(path), "parity": rep}))  # NaN (an undefined score) printed as null
+    typer.echo(dumps(result))  # NaN (an undefined score) printed as null
 
 @command
 def quantize(
