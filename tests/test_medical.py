@@ -279,6 +279,31 @@ def test_evaluate_uses_dicom_spacing_for_hd95(ct_bundle, tmp_path):
     assert "hd95 (mm)" in r.stdout
 
 
+def test_16_bit_pngs_reach_the_model_through_its_policy(tiny_bundle, tmp_path):
+    """evaluate and the bench/compress scorer give the model the 16-bit values (its policy maps them),
+    not the 8-bit reduction a policy-free model gets."""
+    from edgeseg.evaluate import evaluate
+    from edgeseg.measure.accuracy import score
+    from edgeseg.runtime import Segmenter
+
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle, b)
+    rehash(b, lambda m: m.update(intensity=parse("minmax:0,4095").to_dict()))
+    root = tmp_path / "d"
+    img = (np.random.default_rng(3).random((40, 56, 3)) * 4095).astype(np.uint16)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    cv2.imwrite(str(root / "images/a.png"), img)
+    cv2.imwrite(str(root / "masks/a.png"), (img[..., 0] > 2000).astype(np.uint8) * 255)
+    seg = Segmenter(b)
+    want = seg.predict(D.read_source(root / "images/a.png"))
+    assert not np.array_equal(D.read_image(root / "images/a.png", seg.intensity),
+                              D.read_image(root / "images/a.png"))  # mapped by the policy, not /257
+    _, rows, masks = evaluate(seg, D.discover(root), keep_masks=True)
+    assert np.array_equal(masks["a"], want)
+    assert score(seg, D.discover(root)).dice[0] == pytest.approx(rows[0]["dice"])
+
+
 # ------------------------------------------------------------------------------ bad inputs: one line, nothing written
 def _no_pixels(tmp_path):
     return B.dicom(tmp_path / "in/nopix.dcm", None)

@@ -151,12 +151,12 @@ def _image_dice_iou(res: dict, multiclass: bool) -> tuple[float, float]:
     return (float(np.mean([r["dice"] for r in res.values()])), float(np.mean([r["iou"] for r in res.values()])))
 
 
-def _iter_pairs(samples, num_classes: int):
+def _iter_pairs(samples, num_classes: int, source: bool = False):
     from edgeseg.data import folders as D
 
     for s in samples:
-        if isinstance(s, D.Sample):
-            image, gt = D.load_pair(s, num_classes)
+        if isinstance(s, D.Sample):  # source: the pixels as stored, for a model whose intensity policy maps them
+            image, gt = D.load_pair(s, num_classes, source=source)
             yield s.name, image, gt
         else:
             yield s  # (name, image, gt)
@@ -174,7 +174,8 @@ def score(seg_or_masks, samples, num_classes: int | None = None, rule: str = "co
     nc = num_classes or (2 if masks_given else seg_or_masks.num_classes)
     acc = MetricAccumulator(num_classes=nc)
     names, dice, iou, hits, packed, shapes = [], [], [], [], [], []
-    for name, image, gt in tqdm(_iter_pairs(samples, nc), total=len(samples), desc="accuracy",
+    source = not masks_given and getattr(seg_or_masks, "intensity", None) is not None  # [intensity]
+    for name, image, gt in tqdm(_iter_pairs(samples, nc, source), total=len(samples), desc="accuracy",
                                 disable=not progress, file=sys.stderr, leave=False):
         if masks_given:
             if name not in seg_or_masks:
