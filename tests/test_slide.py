@@ -203,3 +203,27 @@ def test_mask_writer_streams_a_large_mask(tmp_path):
     assert peak < 24e6, peak  # the mask itself is 64 MB
     with tifffile.TiffFile(tmp_path / "m.tif") as t:
         assert t.pages[0].asarray()[::500, 0].tolist() == [0, 255] * 8
+
+
+@pytest.mark.slow  # about 60 s here: 1,700 windows read and checked for tissue, a 105 MP mask written
+def test_predict_cli_routes_a_105_mp_tiff_by_its_size(tiny_bundle, tmp_path):
+    """No --tiled: over 100 MP is a slide. Glass only, so every window is skipped (fast)."""
+    big = tmp_path / "in" / "big.tif"
+    big.parent.mkdir()
+    glass = np.full((512, 10_000, 3), 242, np.uint8)
+    with tifffile.TiffWriter(big) as w:  # written band by band: never 315 MB in memory
+        w.write((glass[:, x:x + 512] if x + 512 <= 10_000 else np.pad(glass[:, x:], ((0, 0), (0, x + 512 - 10_000),
+                                                                                   (0, 0)))
+                 for _ in range(0, 10_500, 512) for x in range(0, 10_000, 512)),
+                shape=(10_500, 10_000, 3), dtype=np.uint8, tile=(512, 512), compression="zlib", photometric="rgb")
+    tracemalloc.start()
+    r = cli("predict", tiny_bundle, big, "-o", tmp_path / "out", "--skip-background", "--tile-scale", "0.25", "-q")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    worked(r)
+    assert "slide big: 10000x10500" in r.stdout
+    info = __import__("json").loads((tmp_path / "out/big_slide.json").read_text())
+    assert info["tiles_skipped"] == info["windows"] > 1000 and info["window"] == [256, 256]
+    with tifffile.TiffFile(tmp_path / "out/big_mask.tif") as t:
+        assert t.pages[0].shape == (10_500, 10_000) and t.pages[0].is_tiled
+    assert peak < 150e6, peak  # the slide's pixels alone are 315 MB, its probabilities 840 MB
