@@ -222,6 +222,8 @@ def test_metrics_text_parses_and_counts(client):
     assert m[("edgeseg_request_latency_seconds_count", (("version", "v1"),))] == 1
     assert m[("edgeseg_request_latency_seconds_bucket", (("le", "+Inf"), ("version", "v1")))] == 1
     assert m[("edgeseg_drift_checked_total", (("version", "v1"),))] == 1
+    flagged = m[("edgeseg_drift_flagged_total", (("version", "v1"),))]
+    assert m[("edgeseg_drift_flag_rate", (("version", "v1"),))] == flagged
     assert [k for k in m if k[0] == "edgeseg_model_info"][0][1][1] == ("version", "v1")
 
 

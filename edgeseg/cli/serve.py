@@ -153,7 +153,8 @@ def export_triton_cli(model: Path, out: Path, overwrite: bool, others: dict) -> 
 
     given = [flag for flag, on in others.items() if on not in (None, False)]
     if given:
-        raise ConfigError(f"{', '.join(given)}: not used by --format triton, which packs the bundle (or engine) as it is")
+        raise ConfigError(f"{', '.join(given)}: not used by --format triton, which packs the bundle (or engine) "
+                          "as it is")
     check_output(out, "triton", inputs=[model], overwrite=overwrite)
     export_triton(model, out, marker=lambda d: mark(d, "triton"))
     typer.echo(dumps({"triton_repository": str(out), "models": sorted(p.name for p in out.iterdir() if p.is_dir())}))

@@ -7,8 +7,9 @@ one latency histogram, thread-safe, and ``render()`` for ``GET /metrics``. What 
 - ``edgeseg_errors_total{endpoint, reason}``: the refused or failed ones, by reason;
 - ``edgeseg_request_latency_seconds{version}``: segmentation latency (histogram);
 - ``edgeseg_drift_checked_total`` / ``edgeseg_drift_flagged_total{version}``: their ratio is the
-  drift-flag rate; ``edgeseg_feedback_total`` / ``edgeseg_feedback_dice_sum{version}`` and the
-  ``edgeseg_feedback_dice_mean`` gauge: live Dice per version from clinicians' corrections;
+  drift-flag rate (also the ``edgeseg_drift_flag_rate`` gauge); ``edgeseg_feedback_total`` /
+  ``edgeseg_feedback_dice_sum{version}`` and the ``edgeseg_feedback_dice_mean`` gauge: live Dice
+  per version from clinicians' corrections (with false-positive and false-negative pixel totals);
 - ``edgeseg_model_info{version, sha256}`` (1 for the active model), ``edgeseg_switches_total{action}``.
 """
 
@@ -93,6 +94,7 @@ class Metrics:
         self.latency = Histogram("edgeseg_request_latency_seconds", "Segmentation latency (decode to answer).")
         self.drift_checked = Family("edgeseg_drift_checked_total", "counter", "Images scored by the drift guard.")
         self.drift_flagged = Family("edgeseg_drift_flagged_total", "counter", "Images the drift guard flagged.")
+        self.drift_rate = Family("edgeseg_drift_flag_rate", "gauge", "Flagged / checked since the start, by version.")
         self.feedback = Family("edgeseg_feedback_total", "counter", "Corrected masks received, by model version.")
         self.dice_sum = Family("edgeseg_feedback_dice_sum", "counter", "Sum of live Dice from feedback.")
         self.dice_mean = Family("edgeseg_feedback_dice_mean", "gauge", "Mean live Dice from feedback, by version.")
@@ -101,8 +103,9 @@ class Metrics:
         self.model = Family("edgeseg_model_info", "gauge", "The active model (1) by version and bundle sha256.")
         self.switches = Family("edgeseg_switches_total", "counter", "Model switches by action and outcome.")
         self._dice_n: dict[str, int] = {}
-        self._all = [self.requests, self.errors, self.latency, self.drift_checked, self.drift_flagged, self.feedback,
-                     self.dice_sum, self.dice_mean, self.fp_area, self.fn_area, self.model, self.switches]
+        self._all = [self.requests, self.errors, self.latency, self.drift_checked, self.drift_flagged, self.drift_rate,
+                     self.feedback, self.dice_sum, self.dice_mean, self.fp_area, self.fn_area, self.model,
+                     self.switches]
 
     def answered(self, endpoint: str, status: int, reason: str | None = None) -> None:
         with self._lock:
@@ -116,6 +119,8 @@ class Metrics:
             if drifted is not None:
                 self.drift_checked.inc(version=version)
                 self.drift_flagged.inc(1.0 if drifted else 0.0, version=version)
+                self.drift_rate.set(self.drift_flagged.get(version=version) / self.drift_checked.get(version=version),
+                                    version=version)
 
     def scored(self, version: str, dice: float | None, fp: int, fn: int) -> None:
         with self._lock:

@@ -47,7 +47,8 @@ def ks_distance(a, b) -> float | None:
     if not a.size or not b.size:
         return None
     grid = np.concatenate([a, b])
-    return float(np.max(np.abs(np.searchsorted(a, grid, "right") / a.size - np.searchsorted(b, grid, "right") / b.size)))
+    cdf_a, cdf_b = np.searchsorted(a, grid, "right") / a.size, np.searchsorted(b, grid, "right") / b.size
+    return float(np.max(np.abs(cdf_a - cdf_b)))
 
 
 def _bins(times: np.ndarray, t0: float, t1: float) -> tuple[np.ndarray, np.ndarray]:
@@ -122,7 +123,8 @@ def markdown(s: dict) -> str:
              (f"{s['requests']} answered requests, {s['refused']} refused, {s['feedback']} feedback, over "
               f"{s['span_s']:.1f} s from {s['first']}."), ""]
     if lat.get("count"):
-        lines += [f"Latency (ms): p50 {lat['p50']:.1f}, p90 {lat['p90']:.1f}, p99 {lat['p99']:.1f}, max {lat['max']:.1f}.",
+        lines += [(f"Latency (ms): p50 {lat['p50']:.1f}, p90 {lat['p90']:.1f}, p99 {lat['p99']:.1f}, "
+                  f"max {lat['max']:.1f}."),
                   ""]
     rate = s["drift_rate"]
     lines += [f"Drift-flag rate: {'n/a (no drift guard)' if rate is None else f'{rate:.1%}'}.", "",
@@ -132,7 +134,8 @@ def markdown(s: dict) -> str:
         lines.append(f"| {name} | {f(a['first_half_mean'], '.4f')} | {f(a['second_half_mean'], '.4f')} | "
                      f"{f(a['ks_distance'], '.3f')} |")
     lines += ["", "| version | feedback | live Dice | mean FP px | mean FN px |", "|---|---|---|---|---|"]
-    lines += [f"| {v} | {d['feedback']} | {d['dice_mean']:.4f} | {d['fp_pixels_mean']:.0f} | {d['fn_pixels_mean']:.0f} |"
+    lines += [f"| {v} | {d['feedback']} | {d['dice_mean']:.4f} | {d['fp_pixels_mean']:.0f} | "
+              f"{d['fn_pixels_mean']:.0f} |"
               for v, d in s["live_dice"].items()] or ["| (no feedback) | | | | |"]
     return "\n".join(lines) + "\n"
 
@@ -153,7 +156,8 @@ def plot(s: dict, path: Path) -> Path:
     ax[0, 0].set(title="latency per request", xlabel="seconds since first request", ylabel="ms")
     d = [(b["start_s"], b["drift_rate"]) for b in s["drift_over_time"] if b["drift_rate"] is not None]
     ax[0, 1].plot([p[0] for p in d], [p[1] for p in d], "o-")
-    ax[0, 1].set(title="drift-flag rate", xlabel="seconds since first request", ylabel="fraction flagged", ylim=(-0.05, 1.05))
+    ax[0, 1].set(title="drift-flag rate", xlabel="seconds since first request", ylabel="fraction flagged",
+                 ylim=(-0.05, 1.05))
     for name in list(ser["second"])[1:] or list(ser["second"]):  # the foreground classes (background last resort)
         ax[1, 0].hist(ser["first"].get(name, []), bins=20, alpha=0.5, label=f"{name}: first half")
         ax[1, 0].hist(ser["second"][name], bins=20, alpha=0.5, label=f"{name}: second half")

@@ -50,7 +50,8 @@ class Service:
         self.current: Loaded | None = None
         self.not_ready = "not started"
         self._others: dict[str, Loaded] = {}
-        self._switch_lock = threading.Lock()
+        self._switch_lock = threading.Lock()  # loading versions asked for by name
+        self._activate_lock = threading.Lock()
 
     def start(self) -> None:
         """Load the store's active version (verified, smoke-tested); without one, not ready."""
@@ -156,13 +157,14 @@ class Service:
     # --- versions -----------------------------------------------------------------------
     def switch(self, action: str, version: str | None = None, actor: str = "http") -> Loaded:
         """activate VERSION or rollback: verified and smoke-tested by the store before the swap."""
-        try:
-            loaded = (self.store.activate(version, actor=actor, threads=self.threads) if action == "activate"
-                      else self.store.rollback(actor=actor, threads=self.threads))
-        except BundleError:
-            self.metrics.switched(action, "refused")
-            raise
-        self._use(loaded)
+        with self._activate_lock:  # the store's record and the model served change together, in order
+            try:
+                loaded = (self.store.activate(version, actor=actor, threads=self.threads) if action == "activate"
+                          else self.store.rollback(actor=actor, threads=self.threads))
+            except BundleError:
+                self.metrics.switched(action, "refused")
+                raise
+            self._use(loaded)
         self.metrics.switched(action, "ok")
         return loaded
 
