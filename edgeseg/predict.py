@@ -88,7 +88,7 @@ def _bar(total: int, enabled: bool):
 def predict_folder(seg: Segmenter, src: Path, out: Path, overlay: bool = True, probs: bool = False,
                    overwrite: bool = False, model_path: str | Path | None = None, model_id: str | None = None,
                    progress: bool = False, uncertainty: bool = False, dicom_seg: bool = False,
-                   slides=None) -> PredictResult:
+                   slides=None, slice_axis: int = -1) -> PredictResult:
     """Write ``masks/`` (PNG at each image's size), optionally ``overlays/``, ``probs/`` and
     ``uncertainty/`` (heat maps of normalised entropy, and ``uncertainty/summary.json`` with each
     image's summary and flag) into ``out``: a new folder, or (``overwrite``) an earlier predict
@@ -101,7 +101,7 @@ def predict_folder(seg: Segmenter, src: Path, out: Path, overlay: bool = True, p
     slides = slides or Slides(seg, progress=progress)
     from edgeseg.predict_medical import Dispatch  # [medical] DICOM/NIfTI inputs, intensity policies
 
-    med = Dispatch(seg, src, dicom_seg, Path(model_path).name if model_path else seg.path.name, model_id)
+    med = Dispatch(seg, src, dicom_seg, Path(model_path).name if model_path else seg.path.name, model_id, slice_axis)
     items = med.items or list_images(src)
     colors = seg.info.get("colors") or [(0, 0, 0), (255, 64, 64)]
     binary = seg.num_classes == 2

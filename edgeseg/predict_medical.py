@@ -170,8 +170,12 @@ class Dispatch:
     images are read for the Segmenter (source pixels when its bundle has an intensity policy), and
     images that do not fit the policy are counted."""
 
-    def __init__(self, seg, src: Path, dicom_seg: bool = False, model_name: str = "", model_id: str | None = None):
+    def __init__(self, seg, src: Path, dicom_seg: bool = False, model_name: str = "", model_id: str | None = None,
+                 axis: int = -1):
+        if isinstance(axis, bool) or axis not in (-3, -2, -1, 0, 1, 2):
+            raise DataError(f"--slice-axis must be 0, 1 or 2 (or -1 for the last), got {axis}")
         self.seg, self.dicom_seg, self.model_name, self.model_id = seg, dicom_seg, model_name, model_id
+        self.axis = axis
         self.items = sources(src)
         self.flagged = 0
         self.slices = 0
@@ -183,7 +187,7 @@ class Dispatch:
 
     def predict(self, name: str, path: Path, tmp: Path, overlay: bool, write_png, overlay_image) -> None:
         done = predict_source(self.seg, name, path, tmp, overlay, self.dicom_seg, self.model_name, self.model_id,
-                              write_png, overlay_image)
+                              write_png, overlay_image, self.axis)
         self.flagged += done["flagged"]
         self.slices += done["slices"]
 

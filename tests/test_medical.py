@@ -203,6 +203,20 @@ def test_nifti_in_nifti_mask_out_with_the_source_affine(ct_bundle, tmp_path):
     assert marker["slices"] == 3 and marker["intensity"]["flagged"] == 0
 
 
+def test_nifti_along_another_axis(ct_bundle, tmp_path):
+    import nibabel as nib
+
+    from edgeseg.runtime import Segmenter
+
+    vol, _ = B.ct_volume(3, 40, 48)
+    src = B.nifti(tmp_path / "scan.nii.gz", vol)
+    worked(cli("predict", ct_bundle, src, "-o", tmp_path / "out", "--slice-axis", 0))
+    got = np.asarray(nib.load(str(tmp_path / "out/scan_mask.nii.gz")).dataobj)
+    assert got.shape == vol.shape
+    assert np.array_equal(got[7], Segmenter(ct_bundle).predict(vol[7].astype(np.float32)))
+    refused(cli("predict", ct_bundle, src, "-o", tmp_path / "out2", "--slice-axis", 3), "--slice-axis")
+
+
 def test_series_folder_to_nifti_mask_in_series_geometry(ct_bundle, tmp_path):
     import nibabel as nib
 

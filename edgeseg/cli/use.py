@@ -95,6 +95,8 @@ def predict(
                                      "confidence summary and flag in OUT/uncertainty/ (default: off)."),
     dicom_seg: bool = typer.Option(False, "--dicom-seg", help="Also write a DICOM SEG (OUT/NAME_seg.dcm) for each "
                                    "DICOM image or series (needs highdicom; default: off)."),
+    slice_axis: int = typer.Option(-1, "--slice-axis", help="NIfTI volumes: the axis segmented slice by slice, "
+                                   "0, 1 or 2 (default: -1, the last)."),
     tiled: bool = typer.Option(False, "--tiled", help="Predict every TIFF as a slide, tile by tile (default: only "
                                "TIFFs over 100 MP: OUT/NAME_mask.tif, OUT/NAME_preview.png)."),
     tile_overlap: float = typer.Option(0.25, "--tile-overlap", help="Slides: fraction of a window shared with its "
@@ -132,7 +134,7 @@ def predict(
     slides = Slides(seg, tiles, force=tiled, progress=not quiet)
     res = predict_folder(seg, images, out, overlay=overlay, probs=probs, overwrite=overwrite, model_path=model,
                          model_id=model_id(seg, model), progress=not quiet, uncertainty=uncertainty,
-                         dicom_seg=dicom_seg, slides=slides)
+                         dicom_seg=dicom_seg, slides=slides, slice_axis=slice_axis)
     for name, s in slides.done.items():  # [slide]
         typer.echo(f"slide {name}: {s['width']}x{s['height']}, {s['windows']} windows ({s['tiles_skipped']} skipped) "
                    f"in {s['seconds']:.1f} s, {s['tiles_per_s']} windows/s: {s['mask']}", err=json_out)
