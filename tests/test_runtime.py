@@ -8,8 +8,11 @@ import pytest
 
 from edgeseg.runtime import InputError, Segmenter
 
+RUNTIMES = ["onnxruntime", "openvino"]  # the runner tests every ONNX runtime passes (OpenVINO: test_openvino.py)
 
-def test_runtime_never_imports_torch(tiny_bundle):
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_runtime_never_imports_torch(tiny_bundle, runtime):
     code = textwrap.dedent(f"""
         import builtins, sys
         real = builtins.__import__
@@ -20,7 +23,7 @@ def test_runtime_never_imports_torch(tiny_bundle):
         builtins.__import__ = guard
         import numpy as np
         from edgeseg.runtime import Segmenter
-        seg = Segmenter({str(tiny_bundle)!r})
+        seg = Segmenter({str(tiny_bundle)!r}, runtime={runtime!r})
         m = seg.predict(np.zeros((33, 47, 3), np.uint8))
         assert m.shape == (33, 47)
         bad = [k for k in sys.modules if k.split('.')[0] in ('torch', 'transformers', 'cv2')]
@@ -59,8 +62,9 @@ def test_runtime_in_a_venv_with_only_numpy_and_onnxruntime(tiny_bundle, tmp_path
     assert r.stdout.strip() == "(20, 30)"
 
 
-def test_input_validation(tiny_bundle):
-    seg = Segmenter(tiny_bundle)
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_input_validation(tiny_bundle, runtime):
+    seg = Segmenter(tiny_bundle, runtime=runtime)
     with pytest.raises(InputError, match="uint8"):
         seg.predict(np.zeros((10, 10, 3), np.float64))
     with pytest.raises(InputError, match="HxWx3"):
@@ -71,8 +75,9 @@ def test_input_validation(tiny_bundle):
     assert mask.shape == (10, 12) and prob.shape == (2, 10, 12)
 
 
-def test_batch_equals_single_and_threads_agree(tiny_bundle):
-    seg = Segmenter(tiny_bundle, threads=1)
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_batch_equals_single_and_threads_agree(tiny_bundle, runtime):
+    seg = Segmenter(tiny_bundle, threads=1, runtime=runtime)
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 255, (40 + 7 * i, 60 - 3 * i, 3), dtype=np.uint8) for i in range(6)]
     single = [seg.predict(im) for im in imgs]
