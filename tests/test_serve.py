@@ -385,3 +385,16 @@ def test_source_pixels_for_a_model_with_an_intensity_policy(tiny_bundle, tmp_pat
     assert r.json()["intensity"]["flagged"] is False
     refused = post_image(client, body, "image/tiff")
     assert refused.status_code == 415 and "intensity policy" in refused.json()["error"]
+
+
+def test_images_are_kept_only_when_asked(store, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from edgeseg.serve.app import create_app
+
+    body = png(IMAGE)
+    with TestClient(create_app(store, log_dir=tmp_path / "log", keep_images=True)) as c:
+        rid = post_image(c, body).json()["request_id"]
+    line = json.loads((tmp_path / "log" / "requests.jsonl").read_text().splitlines()[0])
+    assert line["image_file"] == f"images/{rid}.png"
+    assert (tmp_path / "log" / "images" / f"{rid}.png").read_bytes() == body
