@@ -252,6 +252,17 @@ def test_single_dicom_gets_png_mask_at_its_size_and_dicom_seg(ct_bundle, tmp_pat
         pydicom.dcmread(tmp_path / "in/x.dcm").SOPInstanceUID
 
 
+def test_dicom_seg_as_a_mask_is_refused_naming_the_alternatives(ct_bundle, tmp_path):
+    hu, m = B.ct_phantom()
+    B.dicom(tmp_path / "in/x.dcm", B.hu_to_stored(hu))
+    worked(cli("predict", ct_bundle, tmp_path / "in", "-o", tmp_path / "out", "--dicom-seg", "--no-overlay"))
+    root = tmp_path / "d"
+    shutil.copytree(tmp_path / "in", root / "images")
+    (root / "masks").mkdir()
+    shutil.copy(tmp_path / "out/x_seg.dcm", root / "masks/x.dcm")
+    refused(cli("evaluate", ct_bundle, root, "-q"), "DICOM Segmentation", "NIfTI")
+
+
 def test_dicom_seg_without_dicom_input_refused(ct_bundle, tmp_path):
     B.nifti(tmp_path / "v.nii.gz", B.ct_volume(2)[0])
     refused(cli("predict", ct_bundle, tmp_path / "v.nii.gz", "-o", tmp_path / "out", "--dicom-seg"), "--dicom-seg")

@@ -283,6 +283,9 @@ def _series_affine(iop, ipps, spacing) -> tuple:
 
 def open_dicom(path: str | Path) -> Volume:
     ds = read_dicom(path, pixels=False)
+    if str(ds.get("Modality", "")) == "SEG":
+        raise DataError(f"{path} is a DICOM Segmentation (SEG): edgeseg does not read SEG masks yet; export it as a "
+                        "NIfTI label volume or per-slice PNGs (masks/NAME.nii.gz, masks/NAME/slice_kkkk.png)")
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DataError(f"{path} holds no pixel data (a DICOM {ds.get('Modality', '')} object without an image, "
                         "e.g. a report or presentation state)")
