@@ -2,6 +2,12 @@
 
 Applies the bundle's own pre-processing, runs the graph, and maps the result back to each
 image's original size. Safe to share across threads: it holds no per-call state.
+
+When the bundle records an intensity policy (manifest ``intensity``, edgeseg.runtime.intensity),
+every image given to ``predict``/``predict_batch``/``prepare``/``drift`` is the source pixels of
+any type (CT in Hounsfield units, 16-bit, float; gray, RGB or RGBA), mapped by the policy first;
+an image that does not fit it gives a RuntimeWarning (``intensity_check`` says why). Without a
+policy images are 8-bit RGB (or gray), as always.
 """
 
 from __future__ import annotations
