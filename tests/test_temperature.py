@@ -145,3 +145,28 @@ def test_evaluate_writes_ece_and_reliability_diagram(tiny_bundle, embedded, tmp_
     r2 = run_cli("evaluate", tiny_bundle, embedded, "--reliability", png, "-q")
     assert r2.returncode != 0 and "--reliability" in r2.stderr and "Traceback" not in r2.stderr
     assert math.isfinite(s["ece"])
+
+
+def test_calibration_report_per_model(tiny_bundle, embedded, tmp_path):
+    from edgeseg.data import folders as D
+    from edgeseg.measure.reliability import calibration_report, stage_calibration, stage_lines
+    from edgeseg.runtime.segmenter import Segmenter
+
+    samples = D.discover(embedded)[:4]
+    plain = Segmenter(_with_temperature(tiny_bundle, tmp_path / "t1", 1.0))
+    hot = Segmenter(_with_temperature(tiny_bundle, tmp_path / "t3", 3.0))
+    rep = calibration_report({"plain": plain, "hot": hot}, samples)
+    # same graph: the same raw ECE and fitted T; "as shipped" differs only through the recorded T
+    assert rep["plain"]["ece_raw"] == pytest.approx(rep["hot"]["ece_raw"])
+    assert rep["plain"]["temperature_fitted"] == pytest.approx(rep["hot"]["temperature_fitted"])
+    assert rep["plain"]["ece"] == pytest.approx(rep["plain"]["ece_raw"]) and rep["hot"]["temperature"] == 3.0
+    bins = ReliabilityBins()
+    for s in samples:
+        image, gt = D.load_pair(s, 2)
+        bins.add(hot.predict(image, probabilities=True)[1], gt)
+    assert rep["hot"]["ece"] == pytest.approx(bins.ece(), abs=1e-9)
+    triples = [(s.name, *D.load_pair(s, 2)) for s in samples]  # compress hands (name, image, gt)
+    assert stage_calibration(hot, triples) == pytest.approx(rep["hot"])
+    lines = stage_lines([{"name": "teacher", "notes": {"calibration": rep["plain"]}}, {"name": "x", "notes": {}}])
+    assert any(ln.startswith("| teacher |") for ln in lines) and not any(ln.startswith("| x |") for ln in lines)
+    assert stage_lines([{"name": "x", "notes": {}}]) == []

@@ -28,13 +28,17 @@ from edgeseg.runtime.uncertainty import profile_section, summarize
 log = logging.getLogger(__name__)
 
 
-def run_images(seg: Segmenter, samples: list[D.Sample]) -> list[tuple[dict, tuple[int, int], np.ndarray | None]]:
+def run_images(seg: Segmenter, samples) -> list[tuple[dict, tuple[int, int], np.ndarray | None]]:
     """Each image through the graph once: (graph outputs, (h, w), ground truth or None). The
-    outputs are at the model's resolution, so keeping them costs little."""
-    labelled = all(s.masks for s in samples)
+    outputs are at the model's resolution, so keeping them costs little. ``samples``:
+    ``data.Sample`` objects (ground truth when all have masks) or ``(name, image, gt)`` triples."""
+    labelled = all(not isinstance(s, D.Sample) or s.masks for s in samples)
     runs = []
     for s in samples:
-        image, gt = D.load_pair(s, seg.num_classes) if labelled else (D.read_image(s.image), None)
+        if not isinstance(s, D.Sample):
+            image, gt = s[1], s[2]
+        else:
+            image, gt = D.load_pair(s, seg.num_classes) if labelled else (D.read_image(s.image), None)
         runs.append((seg.infer(seg.prepare([image])), image.shape[:2], gt))
     return runs
 

@@ -57,7 +57,8 @@ def plot_reliability(rel: dict, path: str | Path, title: str = "") -> Path:
 
 def calibration_report(models: dict, samples) -> dict:
     """``{name: {"ece", "ece_raw", "temperature", "temperature_fitted", "ece_fitted"}}`` for each
-    ``name: Segmenter`` in ``models``, all on the same labelled ``samples`` (``data.Sample``)."""
+    ``name: Segmenter`` in ``models``, all on the same labelled ``samples`` (``data.Sample`` or
+    ``(name, image, gt)`` triples)."""
     from edgeseg.export.confidence import fit, run_images
 
     out = {}
@@ -82,6 +83,23 @@ def _ece_at(seg, runs, t: float) -> float | None:
         return rel.ece()
     finally:
         seg.temperature = keep
+
+
+def stage_calibration(seg, samples) -> dict:
+    """:func:`calibration_report` of one model (e.g. one ``edgeseg compress`` stage)."""
+    return calibration_report({"model": seg}, samples)["model"]
+
+
+def stage_lines(stages: list[dict]) -> list[str]:
+    """A compress report's calibration section from its stages' ``notes["calibration"]``
+    (:func:`stage_calibration`); no lines when no stage has one."""
+    rep = {s["name"]: s["notes"]["calibration"] for s in stages if (s.get("notes") or {}).get("calibration")}
+    if not rep:
+        return []
+    return ["", "## Calibration per stage (validation split)", "",
+            "ECE: pixels pooled, top-class confidence, 15 equal-width bins. Compression changes calibration; "
+            "the fitted T is what temperature scaling on these images would give (in-sample).", "",
+            *calibration_lines(rep)]
 
 
 def calibration_lines(rep: dict) -> list[str]:
