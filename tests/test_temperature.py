@@ -170,3 +170,32 @@ def test_calibration_report_per_model(tiny_bundle, embedded, tmp_path):
     lines = stage_lines([{"name": "teacher", "notes": {"calibration": rep["plain"]}}, {"name": "x", "notes": {}}])
     assert any(ln.startswith("| teacher |") for ln in lines) and not any(ln.startswith("| x |") for ln in lines)
     assert stage_lines([{"name": "x", "notes": {}}]) == []
+
+
+class _ProbsRunner:
+    """A stand-in graph that outputs probabilities (kind "probs") of fixed logits."""
+
+    name = "fake"
+
+    def __init__(self, logits):
+        z = np.asarray(logits, np.float32)
+        self.p = (np.exp(z - z.max(0)) / np.exp(z - z.max(0)).sum(0))[None]
+
+    def infer(self, batch):
+        return {"probs": np.repeat(self.p, len(batch), axis=0)}
+
+
+def test_probability_outputs_tempered_masks_unchanged():
+    from edgeseg.runtime.segmenter import Segmenter
+
+    z = np.random.default_rng(3).normal(size=(3, 8, 8)) * 3
+    info = {"preprocess": {"height": 8, "width": 8}, "classes": ["bg", "a", "b"],
+            "outputs": [{"name": "probs", "kind": "probs"}]}
+    plain = Segmenter.from_runner(_ProbsRunner(z), info)
+    hot = Segmenter.from_runner(_ProbsRunner(z), {**info, "temperature": {"value": 2.0}})
+    img = rgb(8, 8, seed=1)
+    m1, p1 = plain.predict(img, probabilities=True)
+    m2, p2 = hot.predict(img, probabilities=True)
+    assert np.array_equal(m1, m2) and np.array_equal(hot.predict(img), m1)
+    np.testing.assert_allclose(p2, temper_probs(p1, 2.0), atol=1e-6)
+    assert p2.max(0).mean() < p1.max(0).mean()
