@@ -24,9 +24,10 @@ from edgeseg.runtime.files import atomic_dir, atomic_write_json
 from edgeseg.runtime.segmenter import Segmenter
 from edgeseg.runtime.uncertainty import heat_map
 
-UNCERTAINTY_ABOUT = ("heat maps: normalised entropy, dark = sure, bright = unsure; score: uncertain area relative "
-                     "to the predicted area (edgeseg.runtime.uncertainty); percentile: share of the bundle's "
-                     "validation images that were surer; flagged: less sure than its flag percentile of them")
+UNCERTAINTY_ABOUT = ("heat maps: normalised entropy, dark = sure, bright = unsure; score: mean normalised entropy "
+                     "inside the predicted region, the image's largest when the mask is empty "
+                     "(edgeseg.runtime.uncertainty); percentile: share of the bundle's validation images that were "
+                     "surer; flagged: less sure than its flag percentile of them")
 
 log = logging.getLogger(__name__)
 
