@@ -201,6 +201,7 @@ def test_nifti_in_nifti_mask_out_with_the_source_affine(ct_bundle, tmp_path):
         assert np.array_equal(got[:, :, k], seg.predict(vol[:, :, k].astype(np.float32)))
     marker = json.loads((tmp_path / "out/.edgeseg-output.json").read_text())
     assert marker["slices"] == 3 and marker["intensity"]["flagged"] == 0
+    assert marker["volumes"]["scan"]["slices"] == 3 and marker["volumes"]["scan"]["seconds"] > 0
 
 
 def test_nifti_along_another_axis(ct_bundle, tmp_path):
