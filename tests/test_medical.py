@@ -253,6 +253,23 @@ def test_single_dicom_gets_png_mask_at_its_size_and_dicom_seg(ct_bundle, tmp_pat
         pydicom.dcmread(tmp_path / "in/x.dcm").SOPInstanceUID
 
 
+def test_rgb_cine_and_png_in_one_folder(tiny_bundle, tmp_path):
+    """An RGB ultrasound cine (multi-frame) needs no policy; a PNG beside it keeps predict's own path."""
+    import nibabel as nib
+
+    from edgeseg.runtime import Segmenter
+
+    frames = np.random.default_rng(2).integers(0, 256, (3, 24, 32, 3)).astype(np.uint8)
+    B.dicom(tmp_path / "in/cine.dcm", frames, photometric="RGB", modality="US")
+    cv2.imwrite(str(tmp_path / "in/photo.png"), frames[0][:, :, ::-1])
+    worked(cli("predict", tiny_bundle, tmp_path / "in", "-o", tmp_path / "out"))
+    got = np.asarray(nib.load(str(tmp_path / "out/cine_mask.nii.gz")).dataobj)
+    seg = Segmenter(tiny_bundle)
+    assert got.shape == (32, 24, 3) and np.array_equal(got[:, :, 1].T, seg.predict(frames[1]))
+    png = cv2.imread(str(tmp_path / "out/masks/photo.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(png > 0, seg.predict(frames[0]) > 0)
+
+
 def test_dicom_seg_as_a_mask_is_refused_naming_the_alternatives(ct_bundle, tmp_path):
     hu, m = B.ct_phantom()
     B.dicom(tmp_path / "in/x.dcm", B.hu_to_stored(hu))
