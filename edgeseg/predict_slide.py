@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeseg.errors import ConfigError
 from edgeseg.runtime.errors import MissingDependency
 from edgeseg.runtime.files import atomic_write_json
 from edgeseg.runtime.preprocess import MAX_IMAGE_PIXELS
@@ -53,8 +54,12 @@ def is_slide(path: Path, force: bool = False) -> bool:
 class Slides:
     """Predicts the slides among ``predict``'s inputs into its temporary output folder."""
 
-    def __init__(self, seg, options: TileOptions | None = None, force: bool = False, progress: bool = False) -> None:
+    def __init__(self, seg, options: TileOptions | None = None, force: bool = False, progress: bool = False,
+                 unsupported: tuple[str, ...] = ()) -> None:
+        """``unsupported``: options given that slides cannot honour (``--probs``, ``--uncertainty``):
+        a slide among the inputs is then refused, naming them, rather than predicted without them."""
         self.seg, self.options, self.force, self.progress = seg, options or TileOptions(), force, progress
+        self.unsupported = tuple(unsupported)
         self.done: dict[str, dict] = {}
 
     def handles(self, path: Path) -> bool:
@@ -63,6 +68,9 @@ class Slides:
     def predict(self, name: str, path: Path, tmp: Path, overlay: bool = True) -> dict:
         from edgeseg.runtime.slide import segment_slide
 
+        if self.unsupported:
+            raise ConfigError(f"{path.name} is a slide (tiled): {' and '.join(self.unsupported)} cannot be written for "
+                              "slides (full-size probability maps are what tiling avoids); predict it without them")
         base = tmp / f"{name}_mask.tif"
         base.parent.mkdir(parents=True, exist_ok=True)
         preview = tmp / f"{name}_preview.png" if overlay else None

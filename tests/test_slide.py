@@ -227,3 +227,10 @@ def test_predict_cli_routes_a_105_mp_tiff_by_its_size(tiny_bundle, tmp_path):
     with tifffile.TiffFile(tmp_path / "out/big_mask.tif") as t:
         assert t.pages[0].shape == (10_500, 10_000) and t.pages[0].is_tiled
     assert peak < 150e6, peak  # the slide's pixels alone are 315 MB, its probabilities 840 MB
+
+
+def test_predict_cli_refuses_probs_for_a_slide(tiny_bundle, tmp_path):
+    path = write_tiff(tmp_path / "slide.tif", rgb(60, 80))
+    refused(cli("predict", tiny_bundle, path, "-o", tmp_path / "out", "--tiled", "--probs", "-q"),
+            "slide.tif is a slide", "--probs")
+    assert not (tmp_path / "out").exists()

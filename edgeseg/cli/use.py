@@ -131,7 +131,8 @@ def predict(
 
     tiles = TileOptions(overlap=tile_overlap, batch=tile_batch, scale=tile_scale, skip_background=skip_background)
     seg = open_model(model, providers=_providers(providers), threads=threads, device=device, runtime=runtime)
-    slides = Slides(seg, tiles, force=tiled, progress=not quiet)
+    slides = Slides(seg, tiles, force=tiled, progress=not quiet,
+                    unsupported=tuple(f for f, on in (("--probs", probs), ("--uncertainty", uncertainty)) if on))
     res = predict_folder(seg, images, out, overlay=overlay, probs=probs, overwrite=overwrite, model_path=model,
                          model_id=model_id(seg, model), progress=not quiet, uncertainty=uncertainty,
                          dicom_seg=dicom_seg, slides=slides, slice_axis=slice_axis)
