@@ -185,3 +185,29 @@ def test_no_policy_bundle_behaves_as_before(tiny_bundle):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert seg.predict(np.zeros((20, 30, 3), np.uint8)).shape == (20, 30)
+
+
+@pytest.mark.parametrize("spec", ["ct:soft-tissue", "percentile:1,99"])
+def test_tiled_prediction_maps_windows_as_the_whole_image(tiny_bundle, tmp_path, spec):
+    """Segmenter.predict(source, tiled=True) with a policy = tiled prediction of the whole image
+    mapped first (a percentile policy's bounds are the whole image's, not each window's)."""
+    from badinput import rehash
+
+    from edgeseg.runtime import Segmenter
+
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle, b)
+    rehash(b, lambda m: m.update(intensity=parse(spec).to_dict()))
+    seg = Segmenter(b)
+    rng = np.random.default_rng(4)
+    hu = np.full((150, 210), -1000.0, np.float32)
+    hu[20:130, 30:190] = 40 + rng.normal(0, 30, (110, 160))
+    hu[60:90, 100:150] += 150 * np.linspace(0, 1, 50)[None, :]
+    plain = Segmenter(b)
+    plain.intensity = None
+    want = plain.predict(apply(hu, seg.intensity), tiled=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no per-window misfit warnings
+        got = seg.predict(hu, tiled=True)
+    assert np.array_equal(got, want) and got.shape == hu.shape
+    assert seg.intensity == parse(spec)  # the Segmenter's own policy is untouched

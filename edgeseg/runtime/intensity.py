@@ -55,6 +55,7 @@ class IntensityPolicy:
     preset: str | None = None  # window presets keep their name
     min_inside: float = 0.01  # window: flagged when fewer pixels lie inside
     max_outside: float = 0.0  # minmax: flagged when more pixels lie outside
+    flags: bool = True  # False: check() flags nothing (windows of a tiled image, checked once as a whole)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -148,7 +149,7 @@ def from_info(info) -> IntensityPolicy | None:
     return None if not d else IntensityPolicy.from_dict(d)
 
 
-def source_pixels(image) -> np.ndarray:
+def source_pixels(image, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Check any-dtype pixels: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) of a real numeric type,
     finite. Returns the array without its alpha channel (a view where possible)."""
     if not isinstance(image, np.ndarray):
@@ -161,9 +162,10 @@ def source_pixels(image) -> np.ndarray:
         raise InputError(f"image must be HxW, HxWx1, HxWx3 or HxWx4, got shape {image.shape}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise InputError(f"image is empty: shape {image.shape}")
-    if image.shape[0] * image.shape[1] > MAX_IMAGE_PIXELS:  # before any float copy is made
+    if max_pixels is not None and image.shape[0] * image.shape[1] > max_pixels:  # before any float copy
         raise InputError(f"image too large: {image.shape[1]}x{image.shape[0]} pixels; the runtime takes up to "
-                         f"{MAX_IMAGE_PIXELS // 1_000_000} MP: downscale or tile it first")
+                         f"{max_pixels // 1_000_000} MP whole: predict it tiled (Segmenter.predict(image, "
+                         "tiled=True)) or downscale it first")
     if image.dtype.kind == "f" and not np.isfinite(image).all():
         raise InputError(f"image has NaN or infinite pixels (dtype {image.dtype})")
     return image
@@ -198,7 +200,9 @@ def check(image: np.ndarray, policy: IntensityPolicy) -> dict:
     below = float(np.count_nonzero(src < lo)) / n
     above = float(np.count_nonzero(src > hi)) / n
     reason = None
-    if policy.kind == "window":
+    if not policy.flags:
+        pass
+    elif policy.kind == "window":
         inside = 1.0 - below - above
         if src.dtype == np.uint8:
             reason = ("an 8-bit image given to a CT window: its values are display grey levels, not Hounsfield "
@@ -214,3 +218,24 @@ def check(image: np.ndarray, policy: IntensityPolicy) -> dict:
         reason = "the image is constant: its percentiles coincide, nothing to map"
     return {"flagged": reason is not None, "reason": reason, "below": below, "above": above,
             "min": float(src.min()), "max": float(src.max()), "policy": policy.describe()}
+
+
+MAX_BOUND_SAMPLES = 4_000_000  # pixels a whole-image bound or check looks at (a regular subsample)
+
+
+def for_windows(policy: IntensityPolicy, image: np.ndarray) -> tuple[IntensityPolicy, dict]:
+    """For tiled prediction: the policy that maps every window of ``image`` as the whole image is
+    mapped (a percentile policy's bounds computed once, as fixed min/max; window and min/max are
+    per pixel already), with per-window flags off; and the whole image's :func:`check`. Bounds
+    and check look at a regular subsample of at most :data:`MAX_BOUND_SAMPLES` pixels."""
+    if not isinstance(image, np.ndarray) or image.ndim < 2:
+        raise InputError(f"image must be a numpy array of at least 2 dimensions, got {type(image).__name__}")
+    h, w = image.shape[:2]
+    step = max(1, int(np.ceil(np.sqrt(h * w / MAX_BOUND_SAMPLES))))
+    sub = source_pixels(image[::step, ::step], max_pixels=None)
+    report = check(sub, policy)
+    lo, hi = bounds(sub, policy)
+    if not hi > lo:  # a constant image: everything maps to 0, as apply() does
+        hi = lo + 1.0
+    kind = "minmax" if policy.kind == "percentile" else policy.kind
+    return IntensityPolicy(kind, lo, hi, policy.preset, flags=False), report

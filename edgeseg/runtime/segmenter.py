@@ -161,6 +161,9 @@ class Segmenter:
         from edgeseg.runtime.tiled import TileOptions, predict_array
 
         image = np.asarray(image) if isinstance(image, np.ndarray) else image  # np.matrix etc.: the plain array
+        if self.intensity is not None:  # [intensity] source pixels; windows mapped as the whole image is
+            seg, image = self._for_windows(image, color)
+            return predict_array(seg, image, TileOptions(**options), probabilities)
         image = self._rgb(validate_image(image, max_pixels=None), color)
         return predict_array(self, image, TileOptions(**options), probabilities)
 
@@ -217,6 +220,25 @@ class Segmenter:
         from edgeseg.runtime.intensity import check
 
         return check(_plain(image), self.intensity)
+
+    def _for_windows(self, image: np.ndarray, color: str):
+        """(a copy of this Segmenter whose policy maps each window as the whole image is mapped, the
+        image): a percentile policy's bounds are fixed once; the whole image is checked once."""
+        import copy
+
+        from edgeseg.runtime.intensity import for_windows
+
+        policy, rep = for_windows(self.intensity, image)
+        if rep["flagged"]:
+            warnings.warn(f"image does not fit the bundle's intensity policy: {rep['reason']}", RuntimeWarning,
+                          stacklevel=4)
+        if color not in COLOR_ORDERS:
+            raise InputError(f"color must be one of {', '.join(COLOR_ORDERS)}, got {color!r}")
+        if color == "BGR" and image.ndim == 3 and image.shape[2] in (3, 4):
+            image = image[:, :, [2, 1, 0, 3][:image.shape[2]]]
+        seg = copy.copy(self)
+        seg.intensity = policy
+        return seg, image[:, :, None] if image.ndim == 2 else image  # the tiler crops and pads H x W x C
     # --- [/intensity] --------------------------------------------------------------------
 
     def close(self) -> None:
