@@ -8,10 +8,13 @@ the input size) and y the sum of class c's logits over the pixels the model pred
 (Grad-CAM for segmentation, Vinogradova et al. 2020; the whole image when it predicts no such
 pixel, and the record says so):
 
-    weights_k = mean over positions of dy/dA_k,   CAM = ReLU(sum_k weights_k * A_k)
+    gradcam (default):  weights_k = mean over positions of dy/dA_k,  CAM = ReLU(sum_k weights_k * A_k)
+    hirescam:           CAM = ReLU(sum_k dy/dA_k * A_k), position by position (Draelos & Carin 2020)
 
 upsampled (bilinear, as edgeseg resizes everywhere) to the image's own size and scaled to
-[0, 1] (all zero when nothing argues for the class). Plain torch forward hooks and
+[0, 1]. Grad-CAM's map is all zero when the averaged weights argue against the class at every
+position (frequent at stage 4 of a SegFormer: the record counts them); HiResCAM keeps where each
+position's own gradient agrees with its activation. Plain torch forward hooks and
 ``torch.autograd.grad``; the model's weights are not changed.
 
 Per image the record holds ``inside_share`` (the CAM's mass inside the predicted region),
@@ -36,6 +39,7 @@ from edgeseg.runtime.preprocess import postprocess, preprocess, resize
 log = logging.getLogger(__name__)
 
 STAGES = (1, 2, 3, 4)
+METHODS = ("gradcam", "hirescam")
 
 
 @dataclass(frozen=True)
@@ -87,9 +91,12 @@ def pick_target(mask_small: np.ndarray, num_classes: int, target: int | None) ->
 
 
 def grad_cam(model, meta, image: np.ndarray, stage: int = 4, target: int | None = None,
-             device: str = "cpu") -> Explanation:
-    """Grad-CAM of ``model`` (a SegFormer in eval mode) for ``image`` (H, W, 3 uint8 RGB)."""
+             device: str = "cpu", method: str = "gradcam") -> Explanation:
+    """Grad-CAM (or HiResCAM) of ``model`` (a SegFormer in eval mode) for ``image`` (H, W, 3 uint8 RGB)."""
     import torch
+
+    if method not in METHODS:
+        raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
 
     feats: list = []
     handle = stage_module(model, stage).register_forward_hook(lambda _m, _i, out: feats.append(out))
@@ -107,8 +114,8 @@ def grad_cam(model, meta, image: np.ndarray, stage: int = 4, target: int | None 
             (grad,) = torch.autograd.grad(y, act)
     finally:
         handle.remove()
-    weights = grad[0].mean(dim=(1, 2))  # (C,)
-    cam = torch.relu((weights[:, None, None] * act[0]).sum(0)).detach().float().cpu().numpy()
+    weights = grad[0].mean(dim=(1, 2), keepdim=True) if method == "gradcam" else grad[0]  # (C, 1, 1) or (C, h, w)
+    cam = torch.relu((weights * act[0]).sum(0)).detach().float().cpu().numpy()
     h, w = image.shape[:2]
     cam = np.maximum(resize(cam[:, :, None], h, w)[:, :, 0], 0.0)
     top = float(cam.max())
@@ -186,7 +193,7 @@ def resolve_target(name: str | None, classes: list[str]) -> int | None:
 
 def explain_folder(model_path: str | Path, images: str | Path, out: str | Path, stage: int = 4,
                    target: str | None = None, compare: str | Path | None = None, overwrite: bool = False,
-                   progress: bool = False) -> dict:
+                   progress: bool = False, method: str = "gradcam") -> dict:
     """Write ``out/overlays/NAME.png`` (and with ``compare`` ``out/compare/NAME.png``: teacher and
     student side by side) and ``out/explain.json`` (per-image records, means); returns the summary.
     ``out`` follows the one output-folder policy (new, or an earlier explain output with
@@ -204,6 +211,8 @@ def explain_folder(model_path: str | Path, images: str | Path, out: str | Path, 
     from edgeseg.model.checkpoint import load_checkpoint
 
     check_stage(stage)  # before any work
+    if method not in METHODS:
+        raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     require_torch_model(model_path, "MODEL")
     if compare is not None:
         require_torch_model(compare, "--compare")
@@ -222,11 +231,11 @@ def explain_folder(model_path: str | Path, images: str | Path, out: str | Path, 
     with atomic_dir(out) as tmp:
         for name, path in tqdm(items, desc="explain", unit="img", disable=not progress, file=sys.stderr, leave=False):
             image = D.read_image(path)
-            ex = grad_cam(model, meta, image, stage, tgt)
+            ex = grad_cam(model, meta, image, stage, tgt, method=method)
             row = {"name": name, "class": meta.classes[ex.target], **ex.record()}
             _write(tmp / "overlays" / f"{name}.png", overlay(image, ex)[:, :, ::-1])
             if student is not None:
-                sx = grad_cam(student, smeta, image, stage, ex.target)
+                sx = grad_cam(student, smeta, image, stage, ex.target, method=method)
                 corr = correlation(ex.cam, sx.cam)
                 row["student"] = sx.record()
                 row.update(correlation=None if corr is None else round(corr, 4),
@@ -234,10 +243,11 @@ def explain_folder(model_path: str | Path, images: str | Path, out: str | Path, 
                 _write(tmp / "compare" / f"{name}.png", side_by_side(image, ex, sx, corr)[:, :, ::-1])
             rows.append(row)
         summary = {"model": str(model_path), "compare": str(compare) if compare else None, "stage": stage,
+                   "method": method, "blank_maps": sum(r["inside_share"] is None for r in rows),
                    "images": len(rows), "means": _means(rows), "rows": rows, "about": __doc__.split("\n\n")[1]}
         atomic_write_json(tmp / "explain.json", summary)
         mark(tmp, "explain", model=Path(model_path).name, compare=Path(compare).name if compare else None,
-             stage=stage, images=len(rows))
+             stage=stage, method=method, images=len(rows))
     return summary
 
 

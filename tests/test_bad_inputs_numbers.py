@@ -47,6 +47,12 @@ BAD_OPTIONS = [
     ("distill", "--epochs", "-1"), ("distill", "--batch-size", "0"), ("distill", "--lr", "nan"),
     ("distill", "--temperature", "nan"), ("distill", "--temperature", "inf"), ("distill", "--temperature", "0"),
     ("distill", "--alpha", "nan"), ("distill", "--alpha", "2"), ("distill", "--threads", "0"),
+    # issue 13 (tracking): cross-validation, search, saliency
+    ("train", "--folds", "1"), ("train", "--folds", "0"), ("train", "--augment-strength", "-1"),
+    ("train", "--augment-strength", "nan"), ("train", "--dice-weight", "-1"),
+    ("explain", "--stage", "0"), ("explain", "--stage", "5"), ("explain", "--threads", "0"),
+    ("tune", "--trials", "0"), ("tune", "--time-budget", "0"), ("tune", "--time-budget", "nan"),
+    ("tune", "--epochs", "0"), ("tune", "--size", "0"), ("tune", "--threads", "0"), ("tune", "--seed", "-1"),
 ]
 
 
@@ -64,6 +70,8 @@ def _args(command, models, tmp_path, out):
                      "--distill-epochs", 0, "-q"],
         "prune": ["prune", ckpt, "-o", out / "p"],
         "distill": ["distill", ckpt, ckpt, "-o", out / "d", "--train", EMBEDDED, "-q"],
+        "explain": ["explain", ckpt, data / "images", "-o", out / "x", "-q"],
+        "tune": ["tune", data, "-o", out / "t", "--variant", "tiny", "--size", 64, "--epochs", 1, "--trials", 1, "-q"],
     }[command]
 
 

@@ -35,24 +35,29 @@ def pruned(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("stage", [2, 4])
-def test_cam_is_concentrated_where_the_model_predicts(images, stage):
-    """Non-trivial maps, denser inside the predicted region than outside it: per image at
-    stage 2 (1/8 of the input), over the images at stage 4 (1/32, a 4 x 4 grid at 128 px)."""
+@pytest.mark.parametrize("stage, method", [(2, "gradcam"), (4, "gradcam"), (4, "hirescam")])
+def test_cam_is_concentrated_where_the_model_predicts(images, stage, method):
+    """Non-trivial maps, denser inside the predicted region than outside it: per image at stage 2
+    (1/8 of the input); at stage 4 (1/32: a 4 x 4 grid at 128 px) some maps are blank (nothing
+    argues for the class there) and the rest are denser inside on average."""
     model, meta = load_checkpoint(TEACHER)
     inside, outside = [], []
     for n in NAMES:
         image = D.read_image(images / f"{n}.jpg")
-        ex = grad_cam(model, meta, image, stage=stage)
+        ex = grad_cam(model, meta, image, stage=stage, method=method)
         assert ex.cam.shape == image.shape[:2] and ex.mask.shape == image.shape[:2]
         assert ex.target == 1 and ex.region_pixels > 0
         region = ex.mask == 1
-        assert region.any() and (~region).any()
-        assert ex.cam.max() == pytest.approx(1.0) and ex.cam.min() >= 0 and ex.cam.std() > 0.01
+        assert region.any() and (~region).any() and ex.cam.min() >= 0
+        if ex.cam.max() == 0:  # blank: recorded as such, never a made-up map
+            assert stage == 4 and ex.record()["concentration"] is None
+            continue
+        assert ex.cam.max() == pytest.approx(1.0) and ex.cam.std() > 0.01
         inside.append(ex.cam[region].mean())
         outside.append(ex.cam[~region].mean())
         if stage == 2:
             assert inside[-1] > 2 * outside[-1], n
+    assert len(inside) >= len(NAMES) // 2 + 1
     assert np.mean(inside) > np.mean(outside)
 
 
@@ -97,4 +102,6 @@ def test_models_without_gradients_are_refused_with_one_line(images, tmp_path):
     one_line_error(r, "--stage")
     r = run_cli("explain", TEACHER, images, "-o", tmp_path / "ex", "--target-class", "tumour")
     one_line_error(r, "--target-class")
+    r = run_cli("explain", TEACHER, images, "-o", tmp_path / "ex", "--method", "lime")
+    one_line_error(r, "--method")
     assert not (tmp_path / "ex").exists()

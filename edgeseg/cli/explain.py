@@ -20,6 +20,8 @@ def explain(
                              "an earlier explain output with --overwrite. No default."),
     stage: int = typer.Option(4, "--stage", help="Encoder stage whose activations are explained: 1 (1/4 of the "
                               "input size, fine) .. 4 (1/32, the most semantic). Default: 4."),
+    method: str = typer.Option("gradcam", "--method", help="gradcam (channel weights = mean gradient) or hirescam "
+                               "(gradient x activation at each position; fewer blank maps). Default: gradcam."),
     compare: Optional[Path] = typer.Option(None, "--compare", help="A compressed student checkpoint (e.g. edgeseg "
                                            "prune or distill output): teacher and student side by side, with the "
                                            "correlation of their maps. Default: none."),
@@ -47,7 +49,7 @@ def explain(
     from edgeseg.explain import explain_folder
 
     s = explain_folder(model, images, out, stage=stage, target=target_class, compare=compare, overwrite=overwrite,
-                       progress=not quiet)
+                       progress=not quiet, method=method)
     m = s["means"]
 
     def f(v, fmt=".3f"):
@@ -59,6 +61,9 @@ def explain(
         typer.echo(f"{r['name'][:28]:<28} {r['class'][:12]:<12} {f(r['area_share'])} {f(r['inside_share']):>7} "
                    f"{f(r['concentration'], '.2f'):>6}"
                    + (f" {f(r.get('correlation'), '.2f'):>6} {f(r.get('mask_dice')):>6}" if compare else ""))
+    if s["blank_maps"]:
+        typer.echo(f"{s['blank_maps']} of {s['images']} map(s) are blank (nothing argues for the class at stage "
+                   f"{stage} with {s['method']}): try --method hirescam or an earlier --stage")
     typer.echo(f"mean concentration (CAM density inside the predicted region / over the image) "
                f"{f(m['concentration'], '.2f')}"
                + (f"; student {f(m['student_concentration'], '.2f')}; teacher-student CAM correlation "
