@@ -55,11 +55,15 @@ class Slides:
     """Predicts the slides among ``predict``'s inputs into its temporary output folder."""
 
     def __init__(self, seg, options: TileOptions | None = None, force: bool = False, progress: bool = False,
-                 unsupported: tuple[str, ...] = ()) -> None:
+                 unsupported: tuple[str, ...] = (), model_mpp: float | None = None) -> None:
         """``unsupported``: options given that slides cannot honour (``--probs``, ``--uncertainty``):
         a slide among the inputs is then refused, naming them, rather than predicted without them."""
         self.seg, self.options, self.force, self.progress = seg, options or TileOptions(), force, progress
-        self.unsupported = tuple(unsupported)
+        if model_mpp is not None:
+            from edgeseg.checks import number
+
+            number("--tile-mpp", model_mpp, 0.0, 1000.0, lo_open=True)
+        self.unsupported, self.model_mpp = tuple(unsupported), model_mpp
         self.done: dict[str, dict] = {}
 
     def handles(self, path: Path) -> bool:
@@ -79,7 +83,7 @@ class Slides:
                 bar.total = total
                 bar.update(done - bar.n)
 
-            info = segment_slide(self.seg, path, base, preview, self.options, progress=tick)
+            info = segment_slide(self.seg, path, base, preview, self.options, progress=tick, model_mpp=self.model_mpp)
         info = {"source": path.name, "mask": base.name, "preview": preview.name if preview else None, **info}
         atomic_write_json(tmp / f"{name}_slide.json", info)
         self.done[name] = info

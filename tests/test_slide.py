@@ -167,7 +167,8 @@ def test_predict_cli_corrupt_tile(tiny_bundle, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["in"]
 
 
-@pytest.mark.parametrize("args", [["--tile-overlap", "0.95"], ["--tile-batch", "0"], ["--tile-scale", "nan"]])
+@pytest.mark.parametrize("args", [["--tile-overlap", "0.95"], ["--tile-batch", "0"], ["--tile-scale", "nan"],
+                                  ["--tile-mpp", "0"], ["--tile-mpp", "inf"]])
 def test_predict_cli_bad_tile_options(tiny_bundle, tmp_path, args):
     path = write_tiff(tmp_path / "slide.tif", rgb(50, 60))
     refused(cli("predict", tiny_bundle, path, "-o", tmp_path / "out", *args), "tile")
@@ -234,3 +235,26 @@ def test_predict_cli_refuses_probs_for_a_slide(tiny_bundle, tmp_path):
     refused(cli("predict", tiny_bundle, path, "-o", tmp_path / "out", "--tiled", "--probs", "-q"),
             "slide.tif is a slide", "--probs")
     assert not (tmp_path / "out").exists()
+
+
+def test_scale_from_microns_per_pixel(tmp_path):
+    seg = pointwise(size=32)
+    image = smooth(150, 170)
+    path = write_tiff(tmp_path / "s.tif", image, resolution=(40000, 40000), resolutionunit="CENTIMETER")  # 0.25 um/px
+    info = segment_slide(seg, path, tmp_path / "s_mask.tif", None, model_mpp=0.5)
+    assert info["scale"] == 0.5 and info["window"] == [64, 64]
+    bare = write_tiff(tmp_path / "bare.tif", image)
+    with pytest.raises(InputError, match="records no resolution"):
+        segment_slide(seg, bare, tmp_path / "bare_mask.tif", None, model_mpp=0.5)
+    assert not (tmp_path / "bare_mask.tif").exists()
+
+
+def test_pyramidal_tiff_reads_its_full_resolution_level(tmp_path):
+    image = rgb(256, 384, seed=8)
+    path = tmp_path / "pyr.tif"
+    with tifffile.TiffWriter(path) as w:
+        w.write(image, tile=(128, 128), compression="zlib", subifds=1)
+        w.write(image[::2, ::2].copy(), tile=(128, 128), compression="zlib", subfiletype=1)
+    with TiffSlide(path) as s:
+        assert s.levels == 2 and (s.height, s.width) == (256, 384)
+        np.testing.assert_array_equal(s.read(100, 200, 50, 300), image[100:200, 50:300])

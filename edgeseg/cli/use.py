@@ -104,6 +104,9 @@ def predict(
     tile_batch: int = typer.Option(4, "--tile-batch", help="Slides: windows per model call."),
     tile_scale: float = typer.Option(1.0, "--tile-scale", help="Slides: model pixels per slide pixel (0.5: the model "
                                      "was trained at half the slide's resolution)."),
+    tile_mpp: Optional[float] = typer.Option(None, "--tile-mpp", help="Slides: the model's resolution in um/px; the "
+                                             "scale is the slide's recorded um/px over it, instead of --tile-scale "
+                                             "(default: none)."),
     skip_background: bool = typer.Option(False, "--skip-background", help="Slides: do not run windows without "
                                          "tissue (H&E: near-white, unsaturated); they are background."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT when it is an earlier predict output."),
@@ -132,7 +135,8 @@ def predict(
     tiles = TileOptions(overlap=tile_overlap, batch=tile_batch, scale=tile_scale, skip_background=skip_background)
     seg = open_model(model, providers=_providers(providers), threads=threads, device=device, runtime=runtime)
     slides = Slides(seg, tiles, force=tiled, progress=not quiet,
-                    unsupported=tuple(f for f, on in (("--probs", probs), ("--uncertainty", uncertainty)) if on))
+                    unsupported=tuple(f for f, on in (("--probs", probs), ("--uncertainty", uncertainty)) if on),
+                    model_mpp=tile_mpp)
     res = predict_folder(seg, images, out, overlay=overlay, probs=probs, overwrite=overwrite, model_path=model,
                          model_id=model_id(seg, model), progress=not quiet, uncertainty=uncertainty,
                          dicom_seg=dicom_seg, slides=slides, slice_axis=slice_axis)

@@ -272,15 +272,24 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 
 def segment_slide(seg, src: str | Path, mask_path: str | Path, preview_path: str | Path | None = None,
-                  options: TileOptions | None = None, progress=None) -> dict:
+                  options: TileOptions | None = None, progress=None, model_mpp: float | None = None) -> dict:
     """Predict a TIFF slide tile by tile; write its full-size mask (binary: 0/255) as a tiled TIFF
     and, optionally, a PNG preview. ``progress(rows_done, height)`` is called after each band.
+    ``model_mpp``: the resolution the model was trained at (um per pixel): the window scale is
+    then the slide's recorded resolution over it (instead of ``options.scale``).
     Returns what was done: size, windows run and skipped, seconds, windows per second."""
+    from dataclasses import replace
+
     from edgeseg.runtime.files import atomic_write_bytes
 
     t0 = time.perf_counter()
     with TiffSlide(src) as slide:
         opt = options or TileOptions()
+        if model_mpp is not None:
+            if slide.microns_per_pixel is None:
+                raise InputError(f"{slide.path.name} records no resolution (XResolution in cm or inch): give the "
+                                 "scale instead (--tile-scale: model pixels per slide pixel)")
+            opt = replace(opt, scale=round(slide.microns_per_pixel / float(model_mpp), 6))
         tp = TiledPredictor(seg, slide.height, slide.width, slide.read, opt)
         colors = (seg.info.get("colors") if hasattr(seg.info, "get") else None) or [(0, 0, 0), (255, 64, 64)]
         preview = Preview(slide.height, slide.width, colors) if preview_path is not None else None
