@@ -258,3 +258,15 @@ def test_pyramidal_tiff_reads_its_full_resolution_level(tmp_path):
     with TiffSlide(path) as s:
         assert s.levels == 2 and (s.height, s.width) == (256, 384)
         np.testing.assert_array_equal(s.read(100, 200, 50, 300), image[100:200, 50:300])
+
+
+def test_truncated_and_fake_tiffs_one_line(tmp_path):
+    path = write_tiff(tmp_path / "cut.tif", rgb(300, 400, seed=9), compression=None)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])  # the directory comes first: the last tiles are gone
+    with pytest.raises(InputError, match=r"cut.tif: tile 7 \(row 1, column 3; .* bytes present \(truncated file\?\)"):
+        segment_slide(pointwise(32), path, tmp_path / "cut_mask.tif")
+    (tmp_path / "fake.tif").write_bytes(b"not a tiff at all")
+    with pytest.raises(InputError, match="not a readable TIFF"):
+        segment_slide(pointwise(32), tmp_path / "fake.tif", tmp_path / "fake_mask.tif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.tif", "fake.tif"]
