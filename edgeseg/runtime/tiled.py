@@ -73,7 +73,7 @@ def window_size(model_hw: tuple[int, int], scale: float) -> tuple[int, int]:
 
 
 def stride_of(win: int, overlap: float) -> int:
-    return max(1, win - int(round(win * overlap)))
+    return max(1, win - round(win * overlap))
 
 
 def starts(n: int, win: int, stride: int) -> list[int]:
@@ -159,7 +159,7 @@ class TiledPredictor:
         return rows * self.width * (4 * (self.seg.num_classes - 1) + 3)
 
     def rows(self) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
-        wh, ww = self.window
+        wh = self.window[0]
         rows = min(wh, self.height)
         acc = np.zeros((self.seg.num_classes - 1, rows, self.width), np.float32)
         for r, y0 in enumerate(self.ys):
