@@ -7,11 +7,11 @@ import shutil
 import sys
 
 import cv2
+import medical_build as B
 import numpy as np
 import pytest
-
-import medical_build as B
 from badinput import Unchanged, cli, refused, rehash, worked
+
 from edgeseg.data import folders as D
 from edgeseg.data import medical as M
 from edgeseg.errors import DataError, DependencyError
@@ -271,7 +271,7 @@ def test_rgb_cine_and_png_in_one_folder(tiny_bundle, tmp_path):
 
 
 def test_dicom_seg_as_a_mask_is_refused_naming_the_alternatives(ct_bundle, tmp_path):
-    hu, m = B.ct_phantom()
+    hu, _ = B.ct_phantom()
     B.dicom(tmp_path / "in/x.dcm", B.hu_to_stored(hu))
     worked(cli("predict", ct_bundle, tmp_path / "in", "-o", tmp_path / "out", "--dicom-seg", "--no-overlay"))
     root = tmp_path / "d"

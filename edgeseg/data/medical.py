@@ -59,7 +59,7 @@ class SlicePath(type(Path())):
     axis: int = -1
 
     @classmethod
-    def of(cls, path: str | Path, index: int, axis: int = -1) -> "SlicePath":
+    def of(cls, path: str | Path, index: int, axis: int = -1) -> SlicePath:
         p = cls(path)
         p.index, p.axis = int(index), int(axis)
         return p
@@ -120,7 +120,7 @@ def read_dicom(path: str | Path, pixels: bool = True):
         raise DataError(f"not found: {path}") from None
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except Exception as exc:  # pydicom raises many kinds on truncated or malformed data
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on truncated or malformed data
         raise DataError(f"not a readable DICOM file (corrupt or truncated?): {path} ({type(exc).__name__})") from None
 
 
@@ -140,7 +140,7 @@ def _decoded(ds, path) -> np.ndarray:
                                   f"({needs}); install one of them, or convert the file to an uncompressed "
                                   "transfer syntax") from None
         raise DataError(f"cannot decode the pixel data of {path} ({ts_name}; corrupt?): {msg.splitlines()[0]}") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's corruption
         raise DataError(f"cannot decode the pixel data of {path} ({ts_name}; corrupt or truncated?): "
                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
@@ -301,7 +301,7 @@ def load_nifti(path: str | Path):
         _ = img.shape, img.affine
     except FileNotFoundError:
         raise DataError(f"not found: {path}") from None
-    except Exception as exc:  # nibabel: ImageFileError, EOFError, zlib errors on corrupt files
+    except Exception as exc:  # noqa: BLE001 - nibabel: ImageFileError, EOFError, zlib errors on corrupt files
         raise DataError(f"not a readable NIfTI file (corrupt or truncated?): {path} ({type(exc).__name__})") from None
     aff = np.asarray(img.affine, np.float64)
     if not np.isfinite(aff).all() or abs(np.linalg.det(aff[:3, :3])) < 1e-12:
@@ -335,16 +335,15 @@ def _nifti_data(path: str, mtime: float, labels: bool) -> np.ndarray:
     img = load_nifti(path)
     try:
         raw = np.asanyarray(img.dataobj)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - truncated gzip, short data: any of several kinds
         raise DataError(f"cannot read the voxels of {path} (truncated or corrupt?): {type(exc).__name__}") from None
     if raw.ndim == 4:
         raw = raw[..., 0]
     if raw.ndim == 2:
         raw = raw[..., None]
     if labels:
-        if raw.dtype.kind == "f":
-            if not np.isfinite(raw).all() or not np.array_equal(raw, np.round(raw)):
-                raise DataError(f"label volume {path} holds non-integer values; masks hold label ids")
+        if raw.dtype.kind == "f" and (not np.isfinite(raw).all() or not np.array_equal(raw, np.round(raw))):
+            raise DataError(f"label volume {path} holds non-integer values; masks hold label ids")
         if raw.size and (raw.min() < 0 or raw.max() > 255):
             raise DataError(f"label volume {path} holds labels outside 0..255 ({raw.min()}..{raw.max()})")
         data = raw.astype(np.uint8)
@@ -365,9 +364,8 @@ def _dicom_data(path: str, mtime: float) -> tuple[np.ndarray, Volume]:
         data = np.stack(slices)
     else:
         ds = read_dicom(p)
-        vol = Volume(p, "dicom", 0, 0, 0, dicom_spacing(ds))
         data = dicom_pixels(ds, p)
-        vol = Volume(p, "dicom", data.shape[0], data.shape[1], data.shape[2], vol.spacing)
+        vol = Volume(p, "dicom", data.shape[0], data.shape[1], data.shape[2], dicom_spacing(ds))
     data.setflags(write=False)
     return data, vol
 

@@ -21,13 +21,6 @@ from edgeseg.data import medical as M
 from edgeseg.errors import DataError
 
 
-def is_image_file(p: Path) -> bool:
-    """Whether the folder walker takes ``p`` (a file) as an image: the 2-D formats, NIfTI, DICOM."""
-    from edgeseg.data.folders import IMAGE_EXTS
-
-    return p.suffix.lower() in IMAGE_EXTS or M.is_nifti(p) or M.is_dicom(p)
-
-
 def series_dirs(files: list[Path]) -> set[Path]:
     """Folders whose files are all DICOM slices of one positioned series (two or more files)."""
     by_dir: dict[Path, list[Path]] = {}

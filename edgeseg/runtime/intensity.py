@@ -71,7 +71,7 @@ class IntensityPolicy:
                 raise InputError(f"intensity policy: {name} must be a fraction in 0..1, got {v:g}")
 
     @classmethod
-    def window(cls, level: float, width: float, preset: str | None = None) -> "IntensityPolicy":
+    def window(cls, level: float, width: float, preset: str | None = None) -> IntensityPolicy:
         level, width = _num(level, "window level"), _num(width, "window width")
         if width <= 0:
             raise InputError(f"intensity policy window: width must be positive, got {width:g}")
@@ -107,7 +107,7 @@ class IntensityPolicy:
         return d
 
     @classmethod
-    def from_dict(cls, d) -> "IntensityPolicy":
+    def from_dict(cls, d) -> IntensityPolicy:
         if not isinstance(d, dict):
             raise InputError(f"intensity policy must be a JSON object, got {type(d).__name__}")
         kind = d.get("kind")
