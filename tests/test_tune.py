@@ -88,3 +88,21 @@ def test_missing_optuna_is_one_line(tmp_path, monkeypatch):
     assert not (tmp_path / "study").exists()
     with pytest.raises(ConfigError, match="needs a budget"):
         TuneConfig(base=base, trials=None)
+
+
+def test_augment_strength_scales_the_intensity_jitter():
+    """The searched augmentation strength: 0 keeps every pixel value (flips and rotations only),
+    larger strengths move them further."""
+    import torch
+
+    from edgeseg.train.augment import augment
+
+    x = torch.randint(40, 200, (8, 32, 32, 3), dtype=torch.uint8)
+    y = torch.zeros(8, 32, 32, dtype=torch.uint8)
+    moved = []
+    for strength in (0.0, 0.5, 1.5):
+        out, _ = augment(x, y, torch.Generator().manual_seed(0), strength)
+        same = torch.equal(out.flatten(1).sort(1).values, x.flatten(1).sort(1).values)
+        assert same == (strength == 0.0)
+        moved.append((out.float().mean((1, 2, 3)) - x.float().mean((1, 2, 3))).abs().mean().item())
+    assert moved[0] == 0 < moved[1] < moved[2]

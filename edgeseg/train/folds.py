@@ -149,9 +149,9 @@ def markdown(result: dict) -> str:
     for r in result["rows"] + ([result["refit"]] if result.get("refit") else []):
         lines.append(f"| {r['fold']} | {f(r['val_dice'])} | {f(r['val_iou'])} | {r['best_epoch']} | "
                      f"{r['train_images']} | {r['val_images']} |")
-    lines += ["", f"Validation Dice over the {result['folds']} folds: mean {f(result['mean_dice'])}, standard "
-              f"deviation {f(result['std_dice'])} (sample, ddof=1), range {f(result['min_dice'])} - "
-              f"{f(result['max_dice'])}."]
+    lines += ["", (f"Validation Dice over the {result['folds']} folds: mean {f(result['mean_dice'])}, standard "
+                   f"deviation {f(result['std_dice'])} (sample, ddof=1), range {f(result['min_dice'])} - "
+                   f"{f(result['max_dice'])}.")]
     if result.get("refit"):
         lines.append("refit: the same settings on all training images, validated on the val split (or the training "
                      "images when there is none): not a held-out estimate.")
