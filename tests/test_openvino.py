@@ -97,6 +97,9 @@ def test_openvino_runner_reports_the_graph_like_onnxruntime(tiny_bundle):
     assert isinstance(ov.runner, Runner) and ov.runner.name == "openvino-cpu" and ov.runtime == "openvino"
     assert ov.runner.properties["INFERENCE_PRECISION_HINT"] == "f32"
     assert ov.runner.properties["INFERENCE_NUM_THREADS"] == 2
+    assert ov.runner.batch_of_one  # batch-1 calls run a graph compiled for batch 1 (static shapes)
+    x = ort.prepare([rgb(30, 40, k) for k in range(3)])  # other sizes: the exported graph, compiled on first use
+    np.testing.assert_allclose(ov.infer(x)["logits"], ort.infer(x)["logits"], rtol=1e-4, atol=1e-4)
     assert ov.runner.output_names == ort.runner.output_names
     assert ov.runner.output_types == ort.runner.output_types == {"logits": ("float32", 4)}
     assert [d if isinstance(d, int) else None for d in ort.runner.input_shape] == ov.runner.input_shape

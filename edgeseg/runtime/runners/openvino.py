@@ -7,8 +7,9 @@ optional extra (``pip install "edgeseg[openvino]"``), imported inside the constr
 importing this module never needs it; when it is missing the constructor raises one
 ``MissingDependency`` line naming the extra.
 
-Compile settings: ``PERFORMANCE_HINT=LATENCY`` (one stream: batch-1 latency, what edgeseg
-times), ``INFERENCE_NUM_THREADS`` when ``threads`` is given, and
+Compile settings: the input's batch fixed at 1 for batch-1 calls (static shapes: measured about
+2x faster than the dynamic batch here; other batch sizes compile the graph as exported on first
+use), ``PERFORMANCE_HINT=LATENCY`` (one stream: batch-1 latency, what edgeseg times), ``INFERENCE_NUM_THREADS`` when ``threads`` is given, and
 ``INFERENCE_PRECISION_HINT=f32``: on CPUs with AMX or AVX-512 BF16 OpenVINO would otherwise run
 FP32 layers in bfloat16, and the masks would no longer be the FP32 model's. An INT8 Q/DQ graph
 would run its quantized layers in INT8, but such graphs are refused (:data:`INT8_REFUSAL`:
@@ -72,6 +73,21 @@ def _dtype(port) -> str:
     return str(np.dtype(port.get_element_type().to_dtype()))
 
 
+def _batch_of_one(ov, model):
+    """A copy of ``model`` with its input's batch fixed at 1, or ``model`` itself when the batch
+    is fixed already or the graph cannot be reshaped. Measured (benchmarks/runtimes.py): OpenVINO
+    runs the Kvasir teacher about 2x faster with static shapes than with a dynamic batch."""
+    shape = model.inputs[0].get_partial_shape()
+    if shape.rank.is_dynamic or shape[0].is_static:
+        return model
+    one = model.clone()
+    try:
+        one.reshape({one.inputs[0].get_any_name(): ov.PartialShape([ov.Dimension(1), *list(shape)[1:]])})
+    except Exception:  # noqa: BLE001 - a graph with a batch baked into a Reshape: keep it dynamic
+        return model
+    return one
+
+
 class OpenVINORunner:
     """Runs an ONNX file on OpenVINO's CPU plugin; NCHW float32 in, every output by name out."""
 
@@ -91,7 +107,8 @@ class OpenVINORunner:
         try:
             data = model_bytes if model_bytes is not None else path.read_bytes()
             self.model = core.read_model(data)
-            self.compiled = core.compile_model(self.model, DEVICE, self.properties)
+            one = _batch_of_one(ov, self.model)
+            self.compiled = core.compile_model(one, DEVICE, self.properties)  # what batch-1 calls run
         except Exception as exc:  # OpenVINO raises RuntimeError / its own types with long messages
             msg = str(exc).strip().splitlines()
             text = next((ln for ln in msg if ln.strip()), type(exc).__name__)
@@ -114,20 +131,33 @@ class OpenVINORunner:
         # name -> (element type, rank or None): what Segmenter checks against the manifest at load
         self.output_types = {o.get_any_name(): (_dtype(o), None if _dims(o) is None else len(_dims(o)))
                              for o in self.compiled.outputs}
+        self.batch_of_one = one is not self.model  # batch-1 calls run a graph compiled for exactly 1
+        self._core, self._any_batch, self._lock = core, None if self.batch_of_one else self.compiled, threading.Lock()
         self._local = threading.local()
 
-    def _request(self):
-        req = getattr(self._local, "request", None)
-        if req is None:
-            req = self._local.request = self.compiled.create_infer_request()
-        return req
+    def _compiled_for(self, n: int):
+        """Batch 1: the graph compiled for batch 1; other sizes: the graph as exported (batch
+        dynamic), compiled on first use."""
+        if n == 1 or self._any_batch is not None:
+            return self.compiled if n == 1 else self._any_batch
+        with self._lock:
+            if self._any_batch is None:
+                self._any_batch = self._core.compile_model(self.model, DEVICE, self.properties)
+        return self._any_batch
+
+    def _request(self, compiled):
+        reqs = self._local.__dict__.setdefault("requests", {})
+        if id(compiled) not in reqs:
+            reqs[id(compiled)] = compiled.create_infer_request()
+        return reqs[id(compiled)]
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if self.compiled is None:
             raise BundleError(f"{self.path.name}: this OpenVINO runner is closed")
         batch = check_batch(batch, self.input_shape, half=self.input_type == "float16")
-        res = self._request().infer({0: batch})  # copies the outputs (share_outputs=False)
-        return {name: np.asarray(res[port]) for name, port in zip(self.output_names, self.compiled.outputs)}
+        compiled = self._compiled_for(batch.shape[0])
+        res = self._request(compiled).infer({0: batch})  # copies the outputs (share_outputs=False)
+        return {name: np.asarray(res[port]) for name, port in zip(self.output_names, compiled.outputs)}
 
     def metadata(self) -> dict[str, str]:
         """The ONNX file's metadata_props (OpenVINO keeps them under rt_info "framework")."""
@@ -137,6 +167,6 @@ class OpenVINORunner:
         return {str(k): self.model.get_rt_info(["framework", k]).astype(str) for k in keys}
 
     def close(self) -> None:
-        self.compiled = None
+        self.compiled = self._any_batch = None
         self.model = None
         self._local = threading.local()
