@@ -114,7 +114,7 @@ class TiffSlide:
         except Exception as exc:  # noqa: BLE001 - any codec failure is this tile's corruption
             if "imagecodecs" in str(exc):
                 raise MissingDependency(f"{self.path.name} is {self._page.compression.name} compressed; decoding it "
-                                        "needs imagecodecs: pip install imagecodecs") from None
+                                        "needs imagecodecs: pip install \"edgeseg[medical]\" (or imagecodecs alone)") from None
             raise InputError(f"{where} cannot be decoded (corrupt?): {str(exc).splitlines()[0][:200]}") from None
         if seg is None:
             return None
