@@ -12,7 +12,8 @@ def recipe(embedded, **kw):
     d = str(embedded)
     base = dict(calib=d, calib_split="calibration", calib_count=8, val=d, val_split="val", train=d,
                 train_split="train", distill_epochs=1, batch_size=16, runs=3, warmup=1, max_dice_drop=0.5,
-                prune_ratio=0.5, decoder_ratio=0.5)
+                prune_ratio=0.5, decoder_ratio=0.5, search=False, max_image_drop=1.0, min_agreement=0.0,
+                max_lost_lesions=None)
     base.update(kw)
     return Recipe(**base)
 

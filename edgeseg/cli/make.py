@@ -237,8 +237,9 @@ def compress(
                                           "pruning option is given (that one recipe runs)."),
     time_budget: Optional[float] = typer.Option(None, help="Minutes the search may take (estimate printed first). "
                                                 "Default: 60."),
-    runtime: Optional[str] = typer.Option(None, help="What exported models are timed with: onnxruntime (openvino, "
-                                          "auto: when edgeseg.measure.runtimes is installed). Default: onnxruntime."),
+    runtime: Optional[str] = typer.Option(None, help="What exported models are timed with: onnxruntime, openvino, or "
+                                          "auto (both timed side by side, the winner kept and recorded in the "
+                                          "bundle). Default: onnxruntime."),
     distill_images: Optional[Path] = typer.Option(None, help="Extra images (no masks needed) for distillation's "
                                                   "teacher term. Default: none."),
     device: Optional[str] = typer.Option(None, help="Distillation device: cpu, cuda, auto."),
@@ -246,6 +247,7 @@ def compress(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT when it holds an earlier compress "
                                    "output (the old one stays until the new run is complete)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars (stage lines stay)."),
+    log: Optional[list[str]] = LOG,
     verbose: bool = VERBOSE,
 ):
     """Fold, prune, distill, export, quantize and bundle a SegFormer, with a per-stage report.
@@ -294,7 +296,7 @@ def compress(
         given["search"] = False  # pruning options name one recipe
     rec = Recipe.from_file(recipe, **given) if recipe else Recipe(**given)
     report = Compressor(checkpoint, out, rec, progress=not quiet, overwrite=overwrite,
-                        accept_over_budget=accept_over_budget).run()
+                        accept_over_budget=accept_over_budget, log=tuple(log or ())).run()
     from edgeseg.compress.report import budget_lines, terminal_table
 
     typer.echo(terminal_table(report))

@@ -1,6 +1,9 @@
-"""The last step of ``edgeseg compress``: ``OUT/bundle`` from the last stage's model.
+"""The last step of ``edgeseg compress``: ``OUT/bundle`` from the chosen model (the fastest point
+meeting every budget, or the closest one with ``--accept-over-budget``).
 
-Its manifest carries the whole story: the recipe (data folders by name only, no absolute
+Its manifest carries the whole story: the budgets (limits, the model's measured figures on
+the validation split, met or ``over_budget``), with ``--runtime auto`` the runtime that won
+here (``runtime`` section), the recipe (data folders by name only, no absolute
 paths of the machine that made it), the calibration set, every stage's figures, the INT8
 guard's decisions, the validation Dice against the teacher's, the teacher by name and sha256,
 and the drift guard's input statistics, taken from the calibration images (the same seeded
@@ -18,14 +21,23 @@ from edgeseg.errors import ConfigError
 from edgeseg.runtime.bundle import read_bundle, write_bundle
 
 
-def final_bundle(c, src_dir: Path, out: Path) -> Path:
-    """Write ``out`` (OUT/bundle) from the bundle ``src_dir`` of the last stage of the compressor
-    ``c`` (a ``Compressor`` that ran its stages), with the whole story in its manifest."""
+def final_bundle(c, src_dir: Path, out: Path, budgets: dict | None = None) -> Path:
+    """Write ``out`` (OUT/bundle) from the bundle ``src_dir`` of the chosen stage of the
+    compressor ``c`` (a ``Compressor`` whose ``results`` hold that stage's chain), with the whole
+    story in its manifest; ``budgets``: the manifest's ``budgets`` section (limits, this model's
+    figures, met or over budget)."""
     results = c.results
     src = read_bundle(src_dir)
     m = src.manifest
     changes: dict = {"recipe": _portable_recipe(c.recipe), "calibration": c.calib_info,
                      "stages": [_stage_summary(v) for v in results.values()]}
+    if budgets is not None:
+        changes["budgets"] = budgets
+    timed = results[list(results)[-1]].notes.get("runtimes")
+    if timed:  # --runtime auto: the runtime that won on this machine, for Segmenter(runtime="auto")
+        from edgeseg.measure.runtimes import RuntimeTiming, runtime_section
+
+        changes["runtime"] = runtime_section(RuntimeTiming(**timed))
     if "quantize" in results:
         q = results["quantize"].notes
         changes["quantization"] = {**m.get("quantization", {}),
@@ -62,7 +74,7 @@ def _portable_recipe(r) -> dict:
     """The recipe for a bundle's manifest: data folders by name only (no absolute paths of the
     machine that made it)."""
     d = r.to_dict()
-    for k in ("calib", "val", "train"):
+    for k in ("calib", "val", "train", "distill_images"):
         if d.get(k):
             d[k] = Path(d[k]).name
     return d

@@ -63,11 +63,11 @@ class Narrator:
                     leave=False, dynamic_ncols=True)
 
     @contextmanager
-    def stage(self, index: int, count: int, name: str, estimate_s: float | None):
+    def stage(self, index: int, count: int, name: str, estimate_s: float | None, label: str = ""):
         """``stage 3/6 prune: <what it does> (about 40 s)`` as it starts; ``... done in 38 s``
         (with the result line the caller adds) when it ends."""
         about = "" if estimate_s is None else f" (about {fmt_seconds(estimate_s)})"
-        self.say(f"stage {index}/{count} {name}: {WHAT.get(name, name)}{about}")
+        self.say(f"stage {index}/{count} {label}{name}: {WHAT.get(name, name)}{about}")
         t0 = time.perf_counter()
         yield
         self.last_elapsed = time.perf_counter() - t0

@@ -58,6 +58,18 @@ class Recipe:
     target: str = "cpu"  # a name of edgeseg.quantize.TARGETS
     calib_method: str = "percentile"
     max_dice_drop: float | None = 0.01
+    # budgets (edgeseg.measure.budgets): they choose among measured candidates, so changing them
+    # never invalidates a finished stage (see CHOOSING)
+    max_image_drop: float | None = 0.05
+    image_quantile: float = 0.95
+    min_agreement: float | None = 0.95
+    max_lost_lesions: int | None = 0
+    # search (edgeseg.compress.search): candidates from gentle to aggressive, the fastest that
+    # meets every budget wins; off: the one recipe above
+    search: bool = True
+    time_budget: float | None = 60.0  # minutes for the whole search (None: no limit)
+    distill_images: str | None = None  # extra images, masks not needed, for the KL term
+    runtime: str = "onnxruntime"  # what ONNX stages are timed with: onnxruntime, openvino, auto
     # timing
     threads: int | None = 2
     runs: int = 30
@@ -80,6 +92,19 @@ class Recipe:
             raise ConfigError("--max-dice-drop must be in [0, 1)")
         if self.temperature <= 0 or not 0 <= self.alpha <= 1 or self.feature_weight < 0:
             raise ConfigError("distillation needs temperature > 0, alpha in [0, 1] and feature_weight >= 0")
+        self.budgets()  # checked here, before any work
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise ConfigError(f"--time-budget must be > 0 minutes, got {self.time_budget}")
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"unknown --runtime {self.runtime!r}; choose {', '.join(RUNTIMES)}")
+
+    def budgets(self):
+        """The four budgets as an ``edgeseg.measure.budgets.Budgets``."""
+        from edgeseg.measure.budgets import Budgets
+
+        return Budgets(max_dice_drop=self.max_dice_drop, max_image_drop=self.max_image_drop,
+                       image_quantile=self.image_quantile, min_agreement=self.min_agreement,
+                       max_lost_lesions=self.max_lost_lesions)
 
     def _check_ranges(self) -> None:
         """Every pruning, distillation and data number in its range, named by its key, so a bad
@@ -134,19 +159,26 @@ class Recipe:
 
     def diff(self, recorded: dict) -> list[str]:
         """Each option whose value differs from ``recorded`` (a :meth:`to_dict`), as
-        ``"name: recorded -> now"``; empty when they are the same recipe."""
+        ``"name: recorded -> now"``; empty when they are the same recipe. The options that only
+        choose among finished stages (:data:`CHOOSING`) are not compared, and an option a
+        recipe recorded by an older edgeseg lacks counts as its default."""
         now = self.to_dict()
-        keys = list(now) + [k for k in recorded if k not in now]
+        defaults = Recipe().to_dict()
+        keys = [k for k in list(now) + [k for k in recorded if k not in now] if k not in CHOOSING]
         missing = object()
         out = []
         for k in keys:
-            a, b = recorded.get(k, missing), now.get(k, missing)
+            a, b = recorded.get(k, defaults.get(k, missing)), now.get(k, missing)
             if a != b:
                 out.append(f"{k}: {'(absent)' if a is missing else a!r} -> {'(absent)' if b is missing else b!r}")
         return out
 
 
 _NUMBER = (int, float)
+RUNTIMES = ("onnxruntime", "openvino", "auto")
+# options that choose among measured candidates (or bound the time spent measuring them): a
+# resumed run may change them without redoing any stage
+CHOOSING = frozenset({"max_image_drop", "image_quantile", "min_agreement", "max_lost_lesions", "time_budget"})
 
 
 def _typed(name: str, value: Any, annotation: str, where: str) -> Any:
@@ -189,11 +221,13 @@ def default_job() -> tuple[Path, dict]:
     """The README's main job (``edgeseg compress`` with no arguments): the embedded demo teacher
     and the embedded synthetic image set, with settings sized for a demo of about two minutes on
     two CPU cores (``benchmarks/demo_compress.py`` measures it). Only the demo uses them; every
-    stage still runs (12 distillation epochs, 10 timed runs per stage, the full INT8 guard):
-    a user's own compression keeps the :class:`Recipe` defaults."""
+    stage still runs (12 distillation epochs, 10 timed runs per stage, the full INT8 guard) and
+    the default budgets apply, but as one recipe, not a search (a search would take several
+    minutes): a user's own compression keeps the :class:`Recipe` defaults (the search)."""
     teacher = EMBEDDED / "teacher"
     if not (teacher / "model.safetensors").is_file():
         raise ConfigError(f"the embedded demo teacher is missing ({teacher}); run edgeseg from its source tree")
     d = str(EMBEDDED)
     return teacher, {"calib": d, "calib_split": "calibration", "calib_count": 16, "val": d, "val_split": "val",
-                     "train": d, "train_split": "train", "distill_epochs": 12, "runs": 10, "warmup": 3}
+                     "train": d, "train_split": "train", "distill_epochs": 12, "runs": 10, "warmup": 3,
+                     "search": False}

@@ -2,8 +2,11 @@
 
 Everything reads the plain report dict that ``Compressor.run`` returns (and writes to
 ``report.json``): :func:`headline` (what was gained, what it cost, whether the Dice budget
-was met), :func:`terminal_table`, :func:`markdown_report` and :func:`plot_stages` (Dice vs
-latency per stage, the budget drawn as a line). The teacher is the reference: its own drop
+was met), :func:`budget_lines` (the verdict on every budget, loud when over budget),
+:func:`terminal_table`, :func:`markdown_report` (with the whole Pareto table of the search's
+points), :func:`plot_stages` (Dice vs latency along the chosen model's chain, the budget drawn
+as a line) and :func:`plot_points` (agreement with the teacher vs latency for every point,
+the agreement budget drawn as a line). The teacher is the reference: its own drop
 columns say "reference" instead of zeros. Sizes are MB = 10^6 bytes; latencies are model-only
 p50 (and p90, spread) on this machine; a stage timed on a busy machine is marked.
 """
@@ -47,6 +50,68 @@ def headline(rep: dict) -> str:
     return f"{f['name']} ({f['precision']}) vs the teacher: {gained}; cost {cost}; {verdict}."
 
 
+def budget_lines(rep: dict) -> list[str]:
+    """The verdict: one line when every budget holds; otherwise a loud line saying whether a
+    bundle was written, then one line per missed budget."""
+    b = rep.get("budgets") or {}
+    p = b.get("point") or {}
+    if b.get("met"):
+        return [f"budgets MET by {p.get('point')} (fastest of {len(rep.get('points') or [])} points meeting "
+                f"every budget): {_figures(p.get('fidelity') or {})}"]
+    if b.get("accepted_over_budget"):
+        head = (f"OVER BUDGET: {p.get('point')} misses {len(b.get('lines') or [])} budget(s); its bundle was written "
+                "ONLY because --accept-over-budget was given, and its manifest says over_budget")
+    else:
+        head = ("OVER BUDGET: no model meets every budget, so NO BUNDLE was written (the stages are kept: rerun with "
+                "--accept-over-budget to take the closest one, or with other budgets; nothing is redone)")
+    return [head, *(b.get("lines") or [])]
+
+
+def _figures(f: dict) -> str:
+    if not f:
+        return "not measured"
+    q = f.get("image_quantile", 0.95)
+    return (f"mean drop {_f(f.get('mean_drop'), '+.4f')}, p{q * 100:g} image drop {_f(f.get('image_drop'), '+.4f')}, "
+            f"agreement {_f(f.get('agreement'), '.4f')}, lost lesions {f.get('lost_lesions')}/{f.get('lesions')}")
+
+
+def pareto_table(rep: dict) -> list[str]:
+    """Markdown rows: every point of the search with its latency, size and budget figures."""
+    b = rep.get("budgets") or {}
+    lim = b.get("limits") or {}
+    chosen = (b.get("point") or {}).get("point")
+    q = lim.get("image_quantile", 0.95)
+    lines = [f"| point | runner | p50 ms | size MB | Dice | mean drop (<= {lim.get('max_dice_drop')}) | "
+             f"p{q * 100:g} image drop (<= {lim.get('max_image_drop')}) | agreement (>= {lim.get('min_agreement')}) "
+             f"| lost lesions (<= {lim.get('max_lost_lesions')}) | budgets | Pareto |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in sorted(rep.get("points") or [], key=lambda p: p.get("p50_ms") or float("inf")):
+        f = p.get("fidelity") or {}
+        verdict = "met" if p.get("met") else "missed: " + ", ".join(m["budget"] for m in p.get("missed") or [])
+        name = f"**{p['point']}** (chosen)" if p["point"] == chosen else p["point"]
+        lines.append(f"| {name} | {p.get('runner')} | {_f(p.get('p50_ms'), '.1f')}{' !' if p.get('noisy') else ''} | "
+                     f"{_f(p.get('size_mb'), '.2f')} | {_f(p.get('dice'), '.4f')} | {_f(f.get('mean_drop'), '+.4f')} | "
+                     f"{_f(f.get('image_drop'), '+.4f')} | {_f(f.get('agreement'), '.4f')} | "
+                     f"{f.get('lost_lesions', NA)}/{f.get('lesions', NA)} | {verdict} | "
+                     f"{'yes' if p.get('pareto') else ''} |")
+    return lines
+
+
+def _search_lines(rep: dict) -> list[str]:
+    s = (rep.get("budgets") or {}).get("search") or {}
+    if not s:
+        return []
+    tb = s.get("time_budget_min")
+    out = ["", "## Search", "",
+           f"- mode: {s.get('mode')}; timed with {s.get('runtime')}; time budget "
+           f"{'none' if tb is None else f'{tb:g} min'}; this run took {s.get('elapsed_s')} s"]
+    for cnd in s.get("candidates") or []:
+        what = ", ".join(f"{k}={v}" for k, v in (cnd.get("overrides") or {}).items() if v is not None) or "as is"
+        extra = cnd.get("reason") or f"{cnd.get('epochs', 0)} distillation epoch(s), {cnd.get('seconds')} s"
+        out.append(f"- `{cnd['candidate']}` ({what}): {cnd['status']}; {extra}")
+    return out
+
+
 def warnings(rep: dict) -> list[str]:
     """Lines a user must not miss: INT8 slower than FP32, distillation that did not help,
     stages timed on a busy machine."""
@@ -73,7 +138,7 @@ def terminal_table(rep: dict) -> str:
         lines.append(f"{s['name']:<10}{s['precision']:>10}{f(s['params'], ',', 11)}{f(s['gflops'], '.2f', 8)}"
                      f"{f(s['size_mb'], '.2f', 8)}{f(s['p50_ms'], '.1f', 9)}{f(s.get('p90_ms'), '.1f', 9)}"
                      f"{f(s['dice'], '.4f', 8)}{drop}")
-    return "\n".join([headline(rep), "", *lines, *warnings(rep)])
+    return "\n".join([headline(rep), "", *lines, *warnings(rep), "", *budget_lines(rep)])
 
 
 def _int8_lines(n: dict) -> list[str]:
@@ -107,9 +172,14 @@ def _int8_lines(n: dict) -> list[str]:
 
 
 def markdown_report(rep: dict) -> str:
-    lines = ["# edgeseg compress report", "", f"**{headline(rep)}**", ""]
+    verdict = budget_lines(rep)
+    lines = ["# edgeseg compress report", ""]
+    if not (rep.get("budgets") or {}).get("met", True):
+        lines += [f"> **{verdict[0]}**", ""] + [f"- **{x}**" for x in verdict[1:]] + [""]
+    lines += [f"**{headline(rep)}**", ""]
     lines += [f"> **{w}**" for w in warnings(rep)]
-    lines += ["", f"- teacher: `{rep['checkpoint']}`", f"- bundle: `{rep['bundle']}`",
+    lines += ["", f"- teacher: `{rep['checkpoint']}`",
+              f"- bundle: `{rep['bundle']}`" if rep.get("bundle") else "- bundle: **none written (over budget)**",
               f"- validation: `{rep['validation']['data']}` split `{rep['validation']['split']}` "
               f"({rep['validation']['images']} images)",
               f"- calibration: {rep['calibration'].get('count')} images, sha256 `{rep['calibration'].get('sha256')}`",
@@ -132,6 +202,14 @@ def markdown_report(rep: dict) -> str:
                      f"{worst} |")
     lines.append("")
     lines.append("`!`: timed on a busy machine (see the warnings above).")
+    if rep.get("points"):
+        lim = (rep.get("budgets") or {}).get("limits") or {}
+        lines += ["", "## Budgets and every candidate (validation split)", "", *verdict, "",
+                  f"Budgets: mean Dice drop <= {lim.get('max_dice_drop')}, p{lim.get('image_quantile', 0.95) * 100:g} "
+                  f"per-image Dice drop <= {lim.get('max_image_drop')}, mean agreement with the teacher's masks >= "
+                  f"{lim.get('min_agreement')}, lost lesions (teacher's connected components the model no longer "
+                  f"touches) <= {lim.get('max_lost_lesions')}. Plot: `agreement_vs_latency.png`.", "",
+                  *pareto_table(rep), *_search_lines(rep)]
     q = next((s for s in rep["stages"] if s["name"] == "quantize"), None)
     if q:
         lines += _int8_lines(q["notes"])
@@ -153,7 +231,7 @@ def markdown_report(rep: dict) -> str:
 
 def plot_stages(rep: dict, path: Path) -> Path:
     """Validation Dice vs p50 latency per stage, with the Dice budget drawn as a line."""
-    from edgeseg.measure.report import require_matplotlib, save_figure
+    from edgeseg.measure.report import require_matplotlib
 
     Figure, Canvas = require_matplotlib()
     rows = [r for r in rep["stages"] if r.get("p50_ms") is not None and r.get("dice") is not None]
@@ -168,8 +246,42 @@ def plot_stages(rep: dict, path: Path) -> Path:
         ax.axhline(rows[0]["dice"] - budget, color="#aa3333", linestyle="--", linewidth=1,
                    label=f"budget: teacher Dice - {budget:g}")
         ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, Canvas, ax, path, "validation Dice", "edgeseg compress: Dice vs latency per stage")
+
+
+def _save(fig, Canvas, ax, path: Path, ylabel: str, title: str) -> Path:
+    from edgeseg.measure.report import save_figure
+
     ax.set_xlabel("model-only p50 latency, ms (this machine)")
-    ax.set_ylabel("validation Dice")
-    ax.set_title("edgeseg compress: Dice vs latency per stage", fontsize=10)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     return save_figure(fig, Canvas, Path(path))
+
+
+def plot_points(rep: dict, path: Path) -> Path:
+    """Agreement with the teacher's masks vs p50 latency for every point of the search; points
+    meeting every budget filled, the others hollow; the agreement budget drawn as a line."""
+    from edgeseg.measure.report import require_matplotlib
+
+    Figure, Canvas = require_matplotlib()
+    pts = [p for p in rep.get("points") or [] if p.get("p50_ms") and (p.get("fidelity") or {}).get("agreement")]
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.add_subplot()
+    chosen = ((rep.get("budgets") or {}).get("point") or {}).get("point")
+    for met, style in ((True, dict(color="#338833", marker="o", linestyle="none", label="meets every budget")),
+                       (False, dict(color="#aa3333", marker="o", mfc="none", linestyle="none",
+                                    label="misses a budget"))):
+        sel = [p for p in pts if bool(p.get("met")) == met]
+        if sel:
+            ax.plot([p["p50_ms"] for p in sel], [p["fidelity"]["agreement"] for p in sel], **style)
+    for i, p in enumerate(pts):
+        ax.annotate(p["point"] + (" (chosen)" if p["point"] == chosen else ""),
+                    (p["p50_ms"], p["fidelity"]["agreement"]), textcoords="offset points",
+                    xytext=(5, 5 if i % 2 == 0 else -11), fontsize=7)
+    lim = ((rep.get("budgets") or {}).get("limits") or {}).get("min_agreement")
+    if lim is not None:
+        ax.axhline(lim, color="#aa3333", linestyle="--", linewidth=1, label=f"budget: agreement >= {lim:g}")
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, Canvas, ax, path, "agreement (Dice with the teacher's masks), validation",
+                 "edgeseg compress: every candidate, agreement vs latency")
