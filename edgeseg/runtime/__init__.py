@@ -1,4 +1,4 @@
-"""edgeseg.runtime: what device apps embed. numpy + onnxruntime (or tensorrt); never torch.
+"""edgeseg.runtime: what device apps embed. numpy + onnxruntime (or openvino, or tensorrt); never torch.
 
     from edgeseg.runtime import Segmenter
     seg = Segmenter("bundle_dir")           # verifies the bundle's hashes and schema
@@ -10,11 +10,12 @@ Nothing here imports torch, transformers or the toolkit half of edgeseg.
 from edgeseg.runtime.errors import BundleError, EdgesegError, InputError
 
 
-def open(path, providers=None, threads=None):  # noqa: A001 - mirrors io.open's role
-    """Open a bundle directory, an edgeseg ONNX file or a TensorRT engine as a Segmenter."""
+def open(path, providers=None, threads=None, runtime=None):  # noqa: A001 - mirrors io.open's role
+    """Open a bundle directory, an edgeseg ONNX file or a TensorRT engine as a Segmenter
+    (``runtime``: onnxruntime, openvino or "auto"; see ``edgeseg.runtime.runners``)."""
     from edgeseg.runtime.segmenter import Segmenter
 
-    return Segmenter(path, providers=providers, threads=threads)
+    return Segmenter(path, providers=providers, threads=threads, runtime=runtime)
 
 
 def __getattr__(name):
