@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from edgeseg.data import folders as D
-from edgeseg.errors import ConfigError
+from edgeseg.errors import ConfigError, DataError
 from edgeseg.model.checkpoint import checkpoint_sha256, load_checkpoint, save_checkpoint
 from edgeseg.model.variants import build_model
 from edgeseg.runtime.preprocess import Preprocess
@@ -159,7 +159,7 @@ def distill(student, teacher, meta, train: TrainConfig, dcfg: DistillConfig, tea
     xs, ys, _ = load_arrays(train_s, pp, nc, intensity=meta.intensity or None)
     cw = torch.tensor(class_weights_for(ys, nc), dtype=torch.float32)  # from the labelled images only
     if dcfg.extra_images:
-        xs, ys = _with_unlabelled(xs, ys, dcfg.extra_images, pp)
+        xs, ys = _with_unlabelled(xs, ys, dcfg.extra_images, pp, meta.intensity or None)
     _, _, val_orig = load_arrays(val_s, pp, nc, keep_original=True, intensity=meta.intensity or None)
     names = [s.name for s in val_s]
     device = train.device if train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -185,7 +185,8 @@ def distill(student, teacher, meta, train: TrainConfig, dcfg: DistillConfig, tea
     return _keep_better(out, student, start_state, start_agreement, val_orig, names, pp, nc, device)
 
 
-def _with_unlabelled(xs: np.ndarray, ys: np.ndarray, folder: str, pp: Preprocess) -> tuple[np.ndarray, np.ndarray]:
+def _with_unlabelled(xs: np.ndarray, ys: np.ndarray, folder: str, pp: Preprocess,
+                     intensity=None) -> tuple[np.ndarray, np.ndarray]:
     """The training arrays with the images of ``folder`` (masks not needed) appended, each with
     a mask of :data:`UNLABELLED`."""
     from edgeseg.runtime.preprocess import resize
@@ -195,7 +196,11 @@ def _with_unlabelled(xs: np.ndarray, ys: np.ndarray, folder: str, pp: Preprocess
         raise ConfigError(f"--distill-images {folder}: no images found")
     imgs = np.empty((len(extra), pp.height, pp.width, 3), np.uint8)
     for i, s in enumerate(extra):
-        im = D.read_image(s.image).astype(np.float32)
+        im = D.read_image(s.image, intensity)  # [intensity] mapped as the teacher's training images were
+        if im.dtype != np.uint8:
+            raise DataError(f"{s.image} holds {im.dtype} pixels and the teacher records no intensity policy "
+                            "to map them (train it with --intensity)")
+        im = im.astype(np.float32)
         imgs[i] = np.clip(resize(im, pp.height, pp.width) + 0.5, 0, 255).astype(np.uint8)
     log.info("distillation: %d labelled + %d unlabelled images", len(xs), len(extra))
     masks = np.full((len(extra), pp.height, pp.width), UNLABELLED, np.uint8)
