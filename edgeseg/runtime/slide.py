@@ -290,7 +290,7 @@ def segment_slide(seg, src: str | Path, mask_path: str | Path, preview_path: str
                 raise InputError(f"{slide.path.name} records no resolution (XResolution in cm or inch): give the "
                                  "scale instead (--tile-scale: model pixels per slide pixel)")
             opt = replace(opt, scale=round(slide.microns_per_pixel / float(model_mpp), 6))
-        tp = TiledPredictor(seg, slide.height, slide.width, slide.read, opt)
+        tp = TiledPredictor(_per_window(seg, slide.path.name), slide.height, slide.width, slide.read, opt)
         colors = (seg.info.get("colors") if hasattr(seg.info, "get") else None) or [(0, 0, 0), (255, 64, 64)]
         preview = Preview(slide.height, slide.width, colors) if preview_path is not None else None
         binary = seg.num_classes == 2
@@ -318,3 +318,21 @@ def segment_slide(seg, src: str | Path, mask_path: str | Path, preview_path: str
 
 
 __all__ = ["TiffSlide", "tiff_size", "write_mask_tiff", "Preview", "png_bytes", "segment_slide"]
+
+
+def _per_window(seg, name: str):
+    """[intensity] A slide is never in memory whole, so its windows are mapped one by one: right
+    for window and min/max policies (per pixel), not for a percentile policy (bounds over the whole
+    image), which is refused. Per-window flags are off; one window of glass is not a misfit."""
+    policy = getattr(seg, "intensity", None)
+    if policy is None:
+        return seg
+    if policy.kind == "percentile":
+        raise InputError(f"{name}: the bundle's percentile intensity policy needs the whole image's bounds, which a "
+                         "slide read tile by tile does not give; train with a window or min/max policy for slides")
+    import copy
+    from dataclasses import replace
+
+    seg = copy.copy(seg)
+    seg.intensity = replace(policy, flags=False)
+    return seg
