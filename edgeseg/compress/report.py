@@ -226,6 +226,9 @@ def markdown_report(rep: dict) -> str:
         if dist:
             lines.append(f"- {s['name']}: mean {dist['mean']:+.4f}, median {dist['median']:+.4f}, "
                          f"p90 {dist['p90']:+.4f}, max {dist['max']:+.4f}, share > 0.05: {dist['share_over_0.05']:.1%}")
+    from edgeseg.measure.reliability import stage_lines  # [calibration] ECE per stage, when measured
+
+    lines += stage_lines(rep["stages"])
     return "\n".join(lines) + "\n"
 
 

@@ -92,7 +92,8 @@ def stage_calibration(seg, samples) -> dict:
 
 def stage_lines(stages: list[dict]) -> list[str]:
     """A compress report's calibration section from its stages' ``notes["calibration"]``
-    (:func:`stage_calibration`); no lines when no stage has one."""
+    (:func:`stage_calibration`, or just ``{"ece", "temperature"}``: the other columns then read
+    "—"); no lines when no stage has one."""
     rep = {s["name"]: s["notes"]["calibration"] for s in stages if (s.get("notes") or {}).get("calibration")}
     if not rep:
         return []
@@ -106,8 +107,12 @@ def calibration_lines(rep: dict) -> list[str]:
     """Markdown table rows of :func:`calibration_report` (for a compress or bench report)."""
     lines = ["| model | ECE as shipped | T recorded | ECE at T=1 | T fitted here | ECE at fitted T (in-sample) |",
              "|---|---|---|---|---|---|"]
+
+    def f(v, fmt: str) -> str:
+        return "—" if v is None else format(v, fmt)
+
     for name, r in rep.items():
-        f = (lambda v, fmt: "—" if v is None else format(v, fmt))
-        lines.append(f"| {name} | {f(r['ece'], '.4f')} | {f(r['temperature'], '.3f')} | {f(r['ece_raw'], '.4f')} "
-                     f"| {f(r['temperature_fitted'], '.3f')} | {f(r['ece_fitted'], '.4f')} |")
+        lines.append(f"| {name} | {f(r.get('ece'), '.4f')} | {f(r.get('temperature'), '.3f')} "
+                     f"| {f(r.get('ece_raw'), '.4f')} | {f(r.get('temperature_fitted'), '.3f')} "
+                     f"| {f(r.get('ece_fitted'), '.4f')} |")
     return lines
