@@ -144,3 +144,23 @@ def test_predict_cli_writes_heat_maps(tiny_bundle, embedded, tmp_path):
 
     hm = cv2.imread(str(next((out / "uncertainty").rglob("*.png"))))
     assert hm is not None and hm.ndim == 3
+
+
+def test_off_costs_nothing(tiny_bundle, monkeypatch):
+    """With uncertainty off (the default) no uncertainty code runs and no probabilities are made."""
+    import edgeseg.runtime.segmenter as S
+
+    seg = S.Segmenter(tiny_bundle)
+    img = rgb(40, 50, seed=9)
+    want = seg.predict(img)
+
+    def boom(*a, **k):
+        raise AssertionError("uncertainty computed while off")
+
+    monkeypatch.setattr(S, "assess", boom)
+    asked = []
+    finish = seg.finish
+    monkeypatch.setattr(seg, "finish", lambda outs, sizes, probabilities=False: asked.append(probabilities)
+                        or finish(outs, sizes, probabilities))
+    assert np.array_equal(seg.predict(img), want)
+    assert asked == [False]
