@@ -13,6 +13,7 @@ from edgeseg.errors import ConfigError, DataError
 from edgeseg.export.onnx import export_onnx
 from edgeseg.model.variants import build_model
 from edgeseg.quantize import TARGETS, WEIGHT_ONLY_SESSION_CONFIG, quantize
+from edgeseg.quantize.stage import int8_manifest
 from edgeseg.runtime.bundle import read_bundle, write_bundle
 from edgeseg.runtime.files import sha256_file
 from edgeseg.runtime.preprocess import Preprocess
@@ -124,3 +125,13 @@ def test_outputs_are_checked_before_any_work(fp32_bundle, embedded, tmp_path):
         quantize(first, tmp_path / "again", "cpu-weights")
     with pytest.raises(DataError, match="too few"):
         quantize(fp32_bundle, tmp_path / "few", "cpu", calib=embedded, calib_count=3)
+
+
+def test_int8_manifest_drops_what_describes_the_fp32_graph(fp32_bundle):
+    """A temperature and uncertainty profile fitted on the FP32 graph do not describe the INT8
+    one: the INT8 manifest leaves them out (compress refits them on the INT8 graph)."""
+    m = read_bundle(fp32_bundle).manifest.derive(temperature={"value": 1.4}, uncertainty={"note": "fp32 profile"})
+    q = int8_manifest(m, "cpu-weights")
+    assert q.precision == "int8"
+    assert "temperature" not in q.sections and "uncertainty" not in q.sections and "parity" not in q.sections
+    assert q.sections.get("provenance") == m.sections.get("provenance")

@@ -197,3 +197,18 @@ def test_python_m_entry_point_runs_as_the_device_cli(bundle, tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert p.stderr.startswith("error: TensorRT is not installed") and "edgeseg[tensorrt]" in p.stderr
     assert not (tmp_path / "m.engine").exists()
+
+
+def test_fake_build_sidecar_carries_what_the_runtime_applies(fake, tmp_path):
+    """The engine's sidecar keeps the bundle's intensity policy, temperature and uncertainty
+    profile: a Segmenter on the engine must map pixels and temper probabilities as on the bundle."""
+    from edgeseg.runtime.bundle import read_bundle, write_bundle
+
+    fake()
+    src = read_bundle(make_bundle(tmp_path, "fp16", name="plain"))
+    extra = {"intensity": {"kind": "minmax", "low": 0.0, "high": 4095.0},
+             "temperature": {"value": 1.3}, "uncertainty": {"note": "profile"}}
+    b = write_bundle(tmp_path / "rich", {"model.onnx": src.model_file}, src.manifest.derive(**extra))
+    side = json.loads(rtt.sidecar_path(xtrt.build_engine(b, tmp_path / "m.engine")).read_text())
+    for key, value in extra.items():
+        assert side[key] == value

@@ -46,7 +46,9 @@ def int8_manifest(src_manifest: Manifest | dict, target: str | QuantRecipe, *, m
     and sha256 (never its folder: no absolute paths in a bundle); ``onnxruntime.session_config``
     when the target needs session settings (weight-only does); ``provenance.quantized_from``
     (the FP32 model's sha256) when ``source_sha256`` is given; and it drops the FP32 export's
-    ``parity`` block, which does not describe this model. ``changes`` go to ``derive`` as well.
+    ``parity`` block and its fitted ``temperature`` and ``uncertainty`` profile, which describe the
+    FP32 graph, not this one (``compress`` refits both on the INT8 graph with its validation
+    images). ``changes`` go to ``derive`` as well.
     """
     if not isinstance(src_manifest, Manifest):
         src_manifest = Manifest.from_dict({k: v for k, v in src_manifest.items() if k not in WRITER_KEYS},
@@ -63,6 +65,7 @@ def int8_manifest(src_manifest: Manifest | dict, target: str | QuantRecipe, *, m
         changes["provenance"] = {**(src_manifest.sections.get("provenance") or {}),
                                  "quantized_from": {"model_sha256": source_sha256,
                                                     "precision": src_manifest.precision}}
+    changes = {"temperature": None, "uncertainty": None, **changes}
     return src_manifest.derive(precision="int8", quantization=quant, onnxruntime=ort or None, parity=None, **changes)
 
 

@@ -20,7 +20,7 @@ SIDECAR_FORMAT = "edgeseg-tensorrt-engine"
 SIDECAR_VERSION = 1
 SIDECAR_SUFFIX = ".json"  # appended to the engine's file name
 # copied from the manifest as they are when present (the runtime reads them like a manifest's)
-FROM_MANIFEST = ("colors", "input_stats")
+FROM_MANIFEST = ("colors", "input_stats", "intensity", "temperature", "uncertainty")
 # every sidecar has these keys, whichever builder wrote it
 FIELDS = ("format", "sidecar_version", "engine", "engine_sha256", "preprocess", "classes", "outputs", "precision",
           "tensorrt", "gpu", "dla_core", "gpu_fallback", "profile", "source", "built_at", "built_with")
