@@ -19,14 +19,19 @@ is one line naming what to install):
 
 - ``tensorboard`` (extra ``track``): ``OUT/logs/tensorboard/``, rewritten whole after every
   epoch (one event file, each epoch once), through ``torch.utils.tensorboard``.
-- ``mlflow``: a local file store ``OUT/logs/mlruns/`` (no tracking server).
-- ``wandb``: offline mode (``WANDB_MODE=offline``) in ``OUT/logs/wandb/``; ``wandb sync`` uploads
-  it later if wanted.
+- ``mlflow`` (extra ``mlflow``): one run of experiment ``edgeseg`` in the local file store
+  ``OUT/logs/mlruns/`` (no tracking server, telemetry off). MLflow 3 only opens a file store with
+  ``MLFLOW_ALLOW_FILE_STORE=true``, which edgeseg sets for itself; set it to read the store back,
+  e.g. ``MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri OUT/logs/mlruns``.
+- ``wandb`` (extra ``wandb``): one offline run (no API key, no login, no network) in
+  ``OUT/logs/wandb/offline-run-*/``; ``wandb sync`` uploads it later if wanted. A wandb service
+  that does not start within :data:`WANDB_INIT_TIMEOUT_S` is an error, not a hang.
 
-MLflow and W&B receive the whole history once, when the run ends or stops at its time
-budget (their stores keep files open and write in the background, and the checkpoint folder
-is replaced atomically at every new best epoch). A killed run is in the CSV and TensorBoard,
-not in them.
+MLflow and W&B receive the whole history once (metric step = epoch, the run's settings as
+params / config), when the run ends or stops at its time budget (their stores keep files open
+and write in the background, and the checkpoint folder is replaced atomically at every new
+best epoch). A killed run is in the CSV and TensorBoard, not in them; a run stopped at its time
+budget and resumed leaves two MLflow / W&B runs, the second holding the whole history.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import csv
 import io
 import logging
 import os
+import time
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -51,9 +57,16 @@ COLUMNS = ("epoch", "train_loss", "val_dice", "val_iou", "val_precision", "val_r
 # --log NAME -> (the module it needs, how to install it)
 BACKENDS = {
     "tensorboard": ("tensorboard", 'pip install "edgeseg[track]"'),
-    "mlflow": ("mlflow", "pip install mlflow"),
-    "wandb": ("wandb", "pip install wandb"),
+    "mlflow": ("mlflow", 'pip install "edgeseg[mlflow]"'),
+    "wandb": ("wandb", 'pip install "edgeseg[wandb]"'),
 }
+EXPERIMENT = "edgeseg"  # the MLflow experiment / W&B project name
+# MLflow 3 refuses a file store unless allowed (it would have us run a database); its usage
+# telemetry is sent from a background thread unless disabled.
+MLFLOW_ENV = {"MLFLOW_ALLOW_FILE_STORE": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
+# offline mode needs no API key and never prompts; no Sentry error reports from wandb-core
+WANDB_ENV = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_ERROR_REPORTING": "false"}
+WANDB_INIT_TIMEOUT_S = 60.0  # a wandb service that does not start is an error after this, not a hang
 
 
 def check_backends(names) -> tuple[str, ...]:
@@ -166,34 +179,68 @@ class RunLog:
             write_tensorboard(history, self.folder / "tensorboard")
 
     def finish(self, history: list[dict]) -> None:
+        """Writes the whole history to MLflow / W&B; a backend that fails is one DependencyError
+        line (after the others were tried), the model and the CSV being saved already."""
         if not history:
             return
-        if "mlflow" in self.backends:
-            self._mlflow(history)
-        if "wandb" in self.backends:
-            self._wandb(history)
+        failed = []
+        for name, write in (("mlflow", self._mlflow), ("wandb", self._wandb)):
+            if name in self.backends:
+                try:
+                    write(history)
+                except Exception as exc:  # noqa: BLE001 - the backend's own errors, whatever their class
+                    failed.append((name, exc))
+        if failed:
+            said = "; ".join(f"--log {n}: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+                             for n, e in failed)
+            raise DependencyError(f"{said} (the model and {LOG_DIR}/{CSV_FILE} are saved in {self.out})") from failed[0][1]
 
-    def _mlflow(self, history: list[dict]) -> None:  # pragma: no cover - mlflow is not in the dev venv
-        import mlflow
+    def _mlflow(self, history: list[dict]) -> None:
+        """One run in the local file store ``mlruns/`` (experiment :data:`EXPERIMENT`): the
+        params, and each metric once per epoch (step = epoch)."""
+        _offline_env(MLFLOW_ENV)
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric, Param
 
-        mlflow.set_tracking_uri((self.folder / "mlruns").resolve().as_uri())
-        mlflow.set_experiment("edgeseg")
-        with mlflow.start_run(run_name=self.name):
-            mlflow.log_params({k: str(v)[:250] for k, v in self.params.items()})
-            for rec in history:
-                mlflow.log_metrics({k: float(rec[k]) for k in COLUMNS[1:] if isinstance(rec.get(k), (int, float))},
-                                   step=int(rec["epoch"]))
+        client = MlflowClient(tracking_uri=(self.folder / "mlruns").resolve().as_uri())
+        exp = client.get_experiment_by_name(EXPERIMENT)
+        run_id = client.create_run(exp.experiment_id if exp else client.create_experiment(EXPERIMENT),
+                                   run_name=self.name).info.run_id
+        t_end, last = time.time(), history[-1].get("elapsed_s") or 0.0
+        params = [Param(k, str(v)[:500]) for k, v in self.params.items()]
+        metrics = [Metric(k, float(v), int((t_end - last + (rec.get("elapsed_s") or last)) * 1000), int(rec["epoch"]))
+                   for rec in history for k, v in _scalars(rec).items()]
+        try:
+            for i in range(0, max(len(params), len(metrics)), 100):  # log_batch takes <= 100 params, 1000 metrics
+                client.log_batch(run_id, metrics=metrics[i:i + 100], params=params[i:i + 100])
+        except BaseException:
+            client.set_terminated(run_id, "FAILED")
+            raise
+        client.set_terminated(run_id, "FINISHED")
 
-    def _wandb(self, history: list[dict]) -> None:  # pragma: no cover - wandb is not in the dev venv
-        os.environ["WANDB_MODE"] = "offline"
+    def _wandb(self, history: list[dict]) -> None:
+        """One offline run in ``wandb/offline-run-*/`` (``wandb sync`` uploads it): the params as
+        its config, each epoch one history row (step = epoch)."""
+        _offline_env(WANDB_ENV)
         import wandb
 
-        (self.folder / "wandb").mkdir(parents=True, exist_ok=True)
-        run = wandb.init(project="edgeseg", name=self.name, dir=str(self.folder / "wandb"), mode="offline",
-                         config=self.params)
+        settings = wandb.Settings(mode="offline", silent=True, console="off", disable_git=True,
+                                  init_timeout=WANDB_INIT_TIMEOUT_S)
+        run = wandb.init(project=EXPERIMENT, name=self.name, dir=str(self.folder), config=self.params,
+                         settings=settings)
         try:
             for rec in history:
-                run.log({k: rec[k] for k in COLUMNS[1:] if isinstance(rec.get(k), (int, float))},
-                        step=int(rec["epoch"]))
+                run.log(_scalars(rec), step=int(rec["epoch"]))
         finally:
             run.finish()
+
+
+def _scalars(rec: dict) -> dict:
+    """The numeric columns of one history row (a metric that was not computed is left out)."""
+    return {k: rec[k] for k in COLUMNS[1:] if isinstance(rec.get(k), (int, float))}
+
+
+def _offline_env(env: dict) -> None:
+    """Sets (for this process, before the package is imported) the variables that keep a
+    backend local: no telemetry, no error reporting, no login."""
+    os.environ.update(env)
