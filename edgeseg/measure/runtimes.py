@@ -25,10 +25,10 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -186,7 +186,7 @@ def time_runtimes(model: str | Path, runtimes: Sequence[str] = DEFAULT_RUNTIMES,
     try:
         x = _batch(next(iter(segs.values())), int(batch), images)
         loop = interleave({n: (lambda s=s: s.infer(x)) for n, s in segs.items()}, warmup, runs)
-        times, names = loop.times, list(segs)
+        times = loop.times
         load_before, others = loop.load_before, loop.others_cores
         versions = {n: getattr(s.runner, "version", None) or _version(n) for n, s in segs.items()}
     finally:
@@ -244,5 +244,5 @@ def record_in_bundle(bundle: str | Path, timing: RuntimeTiming) -> Path:
     return write_bundle(bundle, {n: b.path / n for n in names}, manifest, overwrite=True)
 
 
-__all__ = ["DEFAULT_RUNTIMES", "MARGIN", "Interleaved", "RuntimeTiming", "cpu_facts", "interleave", "noise_reasons", "record_in_bundle", "record_runtime",
-           "runtime_section", "time_runtimes"]
+__all__ = ["DEFAULT_RUNTIMES", "MARGIN", "Interleaved", "RuntimeTiming", "cpu_facts", "interleave", "noise_reasons",
+           "record_in_bundle", "record_runtime", "runtime_section", "time_runtimes"]

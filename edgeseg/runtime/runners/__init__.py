@@ -8,8 +8,8 @@ only when their runtime is opened, so this table never needs an optional package
 
 ``"auto"`` takes the runtime a bundle recorded as fastest where it was made (the manifest's
 ``runtime.preferred``, written by ``edgeseg.measure.runtimes``) when that runtime is installed
-here and runs this model (OpenVINO: not INT8 with quantized activations); otherwise the format's own runtime (ONNX Runtime for ONNX
-models, TensorRT for engines).
+here and runs this model (OpenVINO: not INT8 with quantized activations); otherwise the format's
+own runtime (ONNX Runtime for ONNX models, TensorRT for engines).
 """
 
 from __future__ import annotations
@@ -93,8 +93,8 @@ def choose_runtime(requested: str | None, fmt: str, info=None) -> str:
         if usable and not (r.name == "openvino" and int8_activations(info)):
             return r.name
         if pref:
-            log.info("bundle prefers runtime %s, which %s here; using %s", pref,
-                     "is not installed or cannot run this model" if r is not None and fmt in r.formats else "cannot open it", default)
+            why = "cannot open it" if r is None or fmt not in r.formats else "is not installed or cannot run it"
+            log.info("bundle prefers runtime %s, which %s here; using %s", pref, why, default)
         return default
     if fmt not in RUNTIMES[requested].formats:
         raise EdgesegError(f"runtime {requested} does not open a {fmt} model; for it use "

@@ -9,7 +9,8 @@ importing this module never needs it; when it is missing the constructor raises 
 
 Compile settings: the input's batch fixed at 1 for batch-1 calls (static shapes: measured about
 2x faster than the dynamic batch here; other batch sizes compile the graph as exported on first
-use), ``PERFORMANCE_HINT=LATENCY`` (one stream: batch-1 latency, what edgeseg times), ``INFERENCE_NUM_THREADS`` when ``threads`` is given, and
+use), ``PERFORMANCE_HINT=LATENCY`` (one stream: batch-1 latency, what edgeseg times),
+``INFERENCE_NUM_THREADS`` when ``threads`` is given, and
 ``INFERENCE_PRECISION_HINT=f32``: on CPUs with AMX or AVX-512 BF16 OpenVINO would otherwise run
 FP32 layers in bfloat16, and the masks would no longer be the FP32 model's. An INT8 Q/DQ graph
 would run its quantized layers in INT8, but such graphs are refused (:data:`INT8_REFUSAL`:
@@ -109,7 +110,7 @@ class OpenVINORunner:
             self.model = core.read_model(data)
             one = _batch_of_one(ov, self.model)
             self.compiled = core.compile_model(one, DEVICE, self.properties)  # what batch-1 calls run
-        except Exception as exc:  # OpenVINO raises RuntimeError / its own types with long messages
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError / its own types
             msg = str(exc).strip().splitlines()
             text = next((ln for ln in msg if ln.strip()), type(exc).__name__)
             if "external" in " ".join(msg).lower():
