@@ -65,6 +65,44 @@ def test_figures(points, out: Path, teacher, meta, data: str, threads: int, quan
     return out_rows
 
 
+def partial(a) -> None:
+    """The points an unfinished search has measured (read from OUT/state.json), checked against
+    the default budgets, saved as <name>_partial.{json,md} with the load average now."""
+    import json
+
+    from edgeseg.compress.recipe import Recipe
+    from edgeseg.compress.search import choose
+    from edgeseg.compress.report import pareto_table
+
+    st = json.loads((Path(a.out) / "state.json").read_text())
+    points = []
+    for cand, h in (st.get("candidates") or {}).items():
+        for name, res in (h.get("stages") or {}).items():
+            if name in ("export", "quantize"):
+                points.append({"point": f"{cand}/{res['precision']}", "candidate": cand, "stage": name,
+                               "runner": res.get("runner"), "p50_ms": res.get("p50_ms"), "size_mb": res.get("size_mb"),
+                               "noisy": bool(res.get("noisy_reason")), "dice": res.get("dice"),
+                               "fidelity": res.get("fidelity") or {}})
+    budgets = Recipe(**{k: v for k, v in st["recipe"].items() if k in Recipe.__dataclass_fields__}).budgets()
+    d = choose(points, budgets)
+    shared = {k: {x: v.get(x) for x in ("seconds", "dice", "p50_ms", "size_mb", "noisy_reason")}
+              for k, v in st["stages"].items()}
+    rep_ = {"points": points, "budgets": d}
+    res = {"command": "python benchmarks/compress_search.py --from-state " + " ".join(sys.argv[1:]),
+           "note": "the search had not finished: these are the points measured so far (state.json of --out)",
+           "load_average_now": [round(v, 2) for v in os.getloadavg()], "shared_stages": shared,
+           "candidates_started": {k: sorted((h.get("stages") or {})) for k, h in (st.get("candidates") or {}).items()},
+           "budgets": {k: d.get(k) for k in ("limits", "met", "lines")},
+           "chosen_so_far": (d.get("point") or {}).get("point"), "points": points}
+    save(f"{a.name}_partial", res)
+    md = [f"# {a.name} (partial: the search had not finished)", "",
+          f"Load average now {res['load_average_now']}. Shared stages: " +
+          ", ".join(f"{k} {v['seconds']} s (p50 {v['p50_ms']:.1f} ms{', noisy' if v['noisy_reason'] else ''})"
+                    for k, v in shared.items()), "", *pareto_table(rep_), "", f"Command: `{res['command']}`"]
+    (RESULTS / f"{a.name}_partial.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--teacher", default=str(ROOT / "benchmarks/teachers/kvasir-b0"))
@@ -74,7 +112,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default="compress_search")
     ap.add_argument("--skip-test", action="store_true", help="do not score the points on the test split")
+    ap.add_argument("--from-state", action="store_true",
+                    help="run nothing: save what an unfinished --out has measured so far (its state.json) as "
+                         "<name>_partial.{json,md}")
     a = ap.parse_args()
+    if a.from_state:
+        return partial(a)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("edgeseg.measure.timing",):
         logging.getLogger(noisy).setLevel(logging.WARNING)

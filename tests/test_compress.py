@@ -384,3 +384,4 @@ def test_the_demo_job_runs_every_stage():
     demo = Recipe(**job)
     assert all(stage.enabled(demo) for stage in STAGES)  # honest: every stage runs
     assert demo.int8 and demo.distill_epochs > 0 and demo.max_dice_drop is not None
+    assert demo.search and demo.time_budget and demo.min_agreement == 0.95  # the search under the default budgets

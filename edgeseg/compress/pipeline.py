@@ -400,7 +400,7 @@ def _manifest_budgets(decision: dict) -> dict:
             "candidates_measured": len(decision["search"]["candidates"])}
 
 
-_WHAT_BUNDLE = "the final bundle (the last stage's model, the whole story in its manifest) and the report"
+_WHAT_BUNDLE = "the final bundle (the chosen model, the whole story in its manifest) and the report"
 
 
 def _num(v, fmt: str) -> str:

@@ -129,7 +129,10 @@ class Search:
         c, r = self.c, self.base
         shared = sum(c.estimate.stage(s) for s in SHARED if c.state["stages"].get(s) is None)
         todo = [cd for cd in self.cands if not self._finished(cd)]
-        if self._flat:
+        if not todo and not shared:
+            c.talk.say(f"compress {c.checkpoint.name} -> {c.out}: every stage is reused from a previous identical run; "
+                       f"budgets: {c.budgets.describe()}")
+        elif self._flat:
             names = ", ".join(self.cands[0].stages)
             total = shared + self._cost_s(self.cands[0], r.distill_epochs) if todo else shared
             c.talk.say(f"compress {c.checkpoint.name} -> {c.out}: teacher, fold, {names} (the one recipe, no search; "
