@@ -291,6 +291,8 @@ def test_export_runtime_auto_is_checked_before_any_work(tiny_ckpt, tmp_path):
     one_line_error(r, "--runtime for export takes only auto")
     r = run_cli("export", tiny_ckpt, "-o", tmp_path / "e.engine", "--format", "tensorrt", "--runtime", "auto")
     one_line_error(r, "--runtime only applies to --format bundle")
+    r = run_cli("export", tiny_ckpt, "-o", tmp_path / "e.engine", "--format", "tensorrt", "--static-batch")
+    one_line_error(r, "--static-batch only applies to --format bundle")
     assert not (tmp_path / "b").exists() and not (tmp_path / "e.engine").exists()
 
 
@@ -307,3 +309,20 @@ def test_export_runtime_auto_records_the_measured_winner(tiny_ckpt, tmp_path):
     assert section == printed and section["preferred"] in ("onnxruntime", "openvino")
     assert set(section["measured"]["p50_ms"]) == {"onnxruntime", "openvino"}
     assert Segmenter(tmp_path / "b", runtime="auto").runtime == section["preferred"]
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_static_batch_export_runs_batches_image_by_image(tiny_ckpt, tiny_bundle, tmp_path_factory, runtime, images):
+    """`export --static-batch` (measured faster on CPU, benchmarks/results/runtimes_kvasir*.md): the
+    graph takes batches of exactly 1; the runners run a larger batch image by image."""
+    from edgeseg.export.onnx import ExportConfig
+    from edgeseg.export.pipeline import export_bundle
+
+    out = tmp_path_factory.getbasetemp() / f"static_{runtime}"
+    if not out.exists():
+        export_bundle(tiny_ckpt, out, ExportConfig(dynamic_batch=False), limit=4)
+    seg, ref = Segmenter(out, runtime=runtime), Segmenter(tiny_bundle)
+    assert seg.runner.input_shape[0] == 1 and read_bundle(out).manifest["export"]["dynamic_batch"] is False
+    x = seg.prepare(images[:3])
+    np.testing.assert_allclose(seg.infer(x)["logits"], ref.infer(x)["logits"], rtol=1e-4, atol=1e-4)
+    assert all((a == b).all() for a, b in zip(seg.predict_batch(images[:3]), [seg.predict(im) for im in images[:3]]))

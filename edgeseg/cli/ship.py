@@ -21,7 +21,10 @@ def export(
     fp16: bool = typer.Option(False, "--fp16", help="FP16 weights/activations (LayerNorm, Softmax stay FP32)."),
     fold: bool = typer.Option(True, "--fold/--no-fold", help="Exact decode-head folding."),
     opset: int = typer.Option(17, help="ONNX opset."),
-    dynamic_hw: bool = typer.Option(False, "--dynamic-hw", help="Dynamic height/width (batch is always dynamic)."),
+    dynamic_hw: bool = typer.Option(False, "--dynamic-hw", help="Dynamic height/width (default: fixed)."),
+    static_batch: bool = typer.Option(False, "--static-batch", help="Batch fixed at 1 (batches then run image by "
+                                      "image; measured faster on CPU: benchmarks/results/runtimes_kvasir*.md) "
+                                      "(default: dynamic batch)."),
     postprocess: str = typer.Option("none", help="In-graph post-processing: none, mask, probs, mask+probs."),
     data: Optional[Path] = typer.Option(None, help="Real images for the parity check and the drift guard's "
                                         "statistics (default: the validation images recorded in the checkpoint, "
@@ -49,13 +52,15 @@ def export(
         from edgeseg.cli.serve import export_triton_cli
 
         return export_triton_cli(model, out, overwrite, {"--fp16": fp16, "--no-fold": not fold, "--opset": opset != 17,
-                                 "--dynamic-hw": dynamic_hw, "--postprocess": postprocess != "none", "--data": data,
+                                 "--dynamic-hw": dynamic_hw, "--static-batch": static_batch,
+                                 "--postprocess": postprocess != "none", "--data": data,
                                  "--split": split, "--parity-images": parity_images != 16, "--precision": precision
                                  != "auto", "--timing-cache": timing_cache, "--dla-core": dla_core is not None,
                                  "--runtime": runtime is not None})
     # [conflicts] an option of the other --format would be silently ignored: refuse it
     if format == "tensorrt":
         other = [n for n, on in (("--fp16", fp16), ("--no-fold", not fold), ("--dynamic-hw", dynamic_hw),
+                                 ("--static-batch", static_batch),
                                  ("--postprocess", postprocess != "none"), ("--data", data is not None),
                                  ("--split", split is not None), ("--runtime", runtime is not None)) if on]
         if other:
@@ -81,7 +86,8 @@ def export(
     from edgeseg.export.onnx import ExportConfig
     from edgeseg.export.pipeline import export_bundle
 
-    cfg = ExportConfig(opset=opset, fp16=fp16, fold=fold, dynamic_hw=dynamic_hw, postprocess=postprocess)
+    cfg = ExportConfig(opset=opset, fp16=fp16, fold=fold, dynamic_hw=dynamic_hw, postprocess=postprocess,
+                       dynamic_batch=not static_batch)
     path, rep = export_bundle(model, out, cfg, data=data, split=split, limit=parity_images, overwrite=overwrite)
     result = {"bundle": str(path), "parity": rep}
     if runtime == "auto":  # [runtimes] measured here, recorded in the bundle's manifest

@@ -42,6 +42,15 @@ def check_batch(batch, input_shape, half: bool = False) -> np.ndarray:
         raise InputError("empty batch: the NCHW array holds no image")
     batch = batch.astype(np.float16) if half else np.ascontiguousarray(batch, dtype=np.float32)
     for i, (want, got) in enumerate(zip(input_shape, batch.shape)):
-        if isinstance(want, int) and want != got:
+        if isinstance(want, int) and want != got and not (i == 0 and want == 1):  # batch 1: see per_image
             raise InputError(f"model input dimension {i} is fixed at {want}, got {got}")
     return batch
+
+
+def per_image(run, batch: np.ndarray, fixed_batch) -> dict[str, np.ndarray]:
+    """``run(batch)``, or for a graph exported with a static batch of 1 (``edgeseg export
+    --static-batch``) and a larger batch, ``run`` image by image with the outputs concatenated."""
+    if fixed_batch != 1 or batch.shape[0] == 1:
+        return run(batch)
+    outs = [run(batch[i:i + 1]) for i in range(batch.shape[0])]
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}

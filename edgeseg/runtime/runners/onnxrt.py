@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.runtime.errors import BundleError, EdgesegError
-from edgeseg.runtime.runners.base import check_batch
+from edgeseg.runtime.runners.base import check_batch, per_image
 
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -93,8 +93,8 @@ class OnnxRuntimeRunner:
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         batch = check_batch(batch, self.input_shape, half=self.input_type == "tensor(float16)")
-        outs = self.session.run(None, {self.input_name: batch})
-        return dict(zip(self.output_names, outs))
+        return per_image(lambda b: dict(zip(self.output_names, self.session.run(None, {self.input_name: b}))),
+                         batch, self.input_shape[0])
 
     def metadata(self) -> dict[str, str]:
         return dict(self.session.get_modelmeta().custom_metadata_map)

@@ -30,7 +30,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from edgeseg.runtime.errors import BundleError, MissingDependency
-from edgeseg.runtime.runners.base import check_batch
+from edgeseg.runtime.runners.base import check_batch, per_image
 from edgeseg.runtime.runners.onnxrt import _check_input
 
 INSTALL_HINT = 'pip install "edgeseg[openvino]"'
@@ -156,6 +156,9 @@ class OpenVINORunner:
         if self.compiled is None:
             raise BundleError(f"{self.path.name}: this OpenVINO runner is closed")
         batch = check_batch(batch, self.input_shape, half=self.input_type == "float16")
+        return per_image(self._run, batch, self.input_shape[0])
+
+    def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         compiled = self._compiled_for(batch.shape[0])
         res = self._request(compiled).infer({0: batch})  # copies the outputs (share_outputs=False)
         return {name: np.asarray(res[port]) for name, port in zip(self.output_names, compiled.outputs)}
