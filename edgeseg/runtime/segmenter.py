@@ -91,6 +91,7 @@ class Segmenter:
         self = cls.__new__(cls)
         self.bundle = None
         self.runner = runner
+        self.runtime = None  # a runner given directly (e.g. the toolkit's torch runner), not from runners.RUNTIMES
         self.info = info
         self.preprocess_spec = Preprocess.from_dict(info["preprocess"])
         self.classes = list(info["classes"])
