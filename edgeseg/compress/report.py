@@ -56,8 +56,9 @@ def budget_lines(rep: dict) -> list[str]:
     b = rep.get("budgets") or {}
     p = b.get("point") or {}
     if b.get("met"):
-        return [f"budgets MET by {p.get('point')} (fastest of {len(rep.get('points') or [])} points meeting "
-                f"every budget): {_figures(p.get('fidelity') or {})}"]
+        pts = rep.get("points") or []
+        return [f"budgets MET by {p.get('point')} (the fastest of the {sum(bool(q.get('met')) for q in pts)} of "
+                f"{len(pts)} points meeting every budget): {_figures(p.get('fidelity') or {})}"]
     if b.get("accepted_over_budget"):
         head = (f"OVER BUDGET: {p.get('point')} misses {len(b.get('lines') or [])} budget(s); its bundle was written "
                 "ONLY because --accept-over-budget was given, and its manifest says over_budget")
