@@ -88,7 +88,7 @@ def partial(a) -> None:
     shared = {k: {x: v.get(x) for x in ("seconds", "dice", "p50_ms", "size_mb", "noisy_reason")}
               for k, v in st["stages"].items()}
     rep_ = {"points": points, "budgets": d}
-    res = {"command": "python benchmarks/compress_search.py --from-state " + " ".join(sys.argv[1:]),
+    res = {"command": "python benchmarks/compress_search.py " + " ".join(sys.argv[1:]),
            "note": "the search had not finished: these are the points measured so far (state.json of --out)",
            "load_average_now": [round(v, 2) for v in os.getloadavg()], "shared_stages": shared,
            "candidates_started": {k: sorted((h.get("stages") or {})) for k, h in (st.get("candidates") or {}).items()},
