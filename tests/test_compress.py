@@ -6,6 +6,7 @@ import pytest
 from edgeseg.compress.pipeline import Compressor, Recipe
 from edgeseg.errors import ConfigError
 from edgeseg.runtime.bundle import read_bundle
+from edgeseg.runtime.segmenter import Segmenter
 
 
 def recipe(embedded, **kw):
@@ -54,6 +55,24 @@ def test_compress_writes_bundle_report_and_every_stage(compressed):
     assert 0 < par["worst_image_agreement"] <= par["mask_agreement"] <= 1
     assert (out / "report.md").is_file() and (out / "dice_vs_latency.png").stat().st_size > 1000
     assert json.loads((out / "report.json").read_text())["machine"]["cpu"]
+
+
+def test_compress_measures_calibration_per_stage_and_refits_it_on_the_int8_graph(compressed):
+    """Compression changes calibration: every stage's ECE is measured on validation and shown in
+    the report; the shipped INT8 bundle's temperature and uncertainty profile are fitted on the
+    INT8 graph itself (not inherited from its FP32 source)."""
+    out, rep = compressed
+    eces = {s["name"]: s["notes"]["calibration"]["ece"] for s in rep["stages"]}
+    assert set(eces) == {s["name"] for s in rep["stages"]} and all(0 <= e <= 1 for e in eces.values())
+    assert len(set(eces.values())) > 1  # the stages' models differ, so do their calibrations
+    assert "Calibration per stage" in (out / "report.md").read_text()
+    m = read_bundle(out / "bundle").manifest
+    t = m["temperature"]
+    assert t["value"] > 0 and t["fitted_on"] == {**t["fitted_on"], "what": "validation images",
+                                                 "images": m["metrics"]["validation"]["images"]}
+    assert m["uncertainty"] and m["precision"] == "int8"
+    seg = Segmenter(out / "bundle")
+    assert seg.temperature == t["value"]
 
 
 def test_compress_resumes_without_redoing_stages(compressed, tiny_ckpt, embedded, caplog):

@@ -199,8 +199,8 @@ def test_compress_final_bundle_carries_calibration_stats(ckpt, tmp_path, calib):
 
     d = str(EMBEDDED)
     rec = Recipe(calib=d, calib_split="calibration", calib_count=10, val=d, val_split="val", distill_epochs=0,
-                 int8=False, runs=2, warmup=1, threads=1, prune_ratio=0.25, decoder_ratio=0.25)
-    Compressor(ckpt, tmp_path / "c", rec, progress=False).run()
+                 int8=False, runs=2, warmup=1, threads=1, prune_ratio=0.25, decoder_ratio=0.25, search=False)
+    Compressor(ckpt, tmp_path / "c", rec, progress=False, accept_over_budget=True).run()
     seg = Segmenter(tmp_path / "c/bundle")
     m = seg.bundle.manifest
     stats = m["input_stats"]

@@ -51,7 +51,22 @@ def final_bundle(c, src_dir: Path, out: Path, budgets: dict | None = None) -> Pa
     # [drift guard] the input statistics of the calibration images (not the export stage's parity
     # images); None removes the export's statistics when the calibration set is too small
     changes["input_stats"] = calibration_input_stats(c)
+    if m.precision == "int8" or "temperature" not in m.sections:
+        changes.update(refit_confidence(c, src_dir))
     return write_bundle(out, {"model.onnx": src.model_file}, m.derive(**changes))
+
+
+def refit_confidence(c, bundle_dir: Path) -> dict:
+    """[temperature] + [uncertainty] fitted on the shipped graph itself (an INT8 graph's
+    probabilities are not its FP32 source's) with the validation images that scored it."""
+    from edgeseg.export.confidence import confidence_sections
+    from edgeseg.runtime.segmenter import Segmenter
+
+    seg = Segmenter(bundle_dir)
+    try:
+        return confidence_sections(seg, [(n, img, gt) for n, img, gt in c.val_pairs()], "validation images")
+    finally:
+        seg.close()
 
 
 def calibration_input_stats(c) -> dict | None:

@@ -164,10 +164,18 @@ class Compressor:
         from edgeseg.measure.timing import time_model
         from edgeseg.runtime.metrics import MetricAccumulator
 
+        from edgeseg.runtime.confidence import ReliabilityBins
+
         acc = MetricAccumulator(num_classes=len(self.meta.classes))
+        bins = ReliabilityBins() if _has_probabilities(seg) else None  # [calibration] ECE from the same pass
         per, masks = {}, []
         for n, img, gt in self.talk.bar(self.val_pairs(), desc=f"{name}: scoring"):
-            mask = np.asarray(seg.predict(img))
+            if bins is not None:
+                mask, prob = seg.predict(img, probabilities=True)
+                bins.add(prob, gt)
+            else:
+                mask = seg.predict(img)
+            mask = np.asarray(mask)
             masks.append(mask)
             row = acc.add(mask, gt, name=n)
             per[n] = row["dice"] if "dice" in row else float("nan")
@@ -183,6 +191,8 @@ class Compressor:
                           noisy_reason=timing.noisy_reason, dice=s["mean_dice"], iou=s["mean_iou"],
                           median_dice=s["median_dice"], seconds=None if t0 is None else round(time.time() - t0, 1),
                           notes=notes or {})
+        if bins is not None:  # [calibration] compression changes calibration: the report shows it per stage
+            res.notes["calibration"] = {"ece": bins.ece(), "temperature": getattr(seg, "temperature", None)}
         if name == "teacher":  # the reference: no drop against itself
             self.state["teacher_per_image"] = per
             self._teacher_masks = masks
@@ -430,3 +440,8 @@ def _onnx_params(path: Path) -> int:
     skip = ("_scale", "_zero_point")
     return int(sum(int(np.prod(t.dims)) for t in m.graph.initializer
                    if t.dims and not t.name.endswith(skip) and int(np.prod(t.dims)) > 1))
+
+
+def _has_probabilities(seg) -> bool:
+    """[calibration] Whether a stage's model gives probabilities (logits or probs outputs)."""
+    return any(o.get("kind") in ("logits", "probs") for o in getattr(seg, "outputs", []) or [])
