@@ -37,6 +37,7 @@ BAD_OPTIONS = [
     ("bench", "--warmup", "-1"), ("bench", "--threads", "0"), ("bench", "--max-images", "0"),
     ("bench", "--batch-sizes", "0"), ("bench", "--batch-sizes", "1,-4"),
     ("compress", "--max-dice-drop", "nan"), ("compress", "--max-dice-drop", "1.5"),
+    ("compress", "--min-lesion-px", "0"),
     ("compress", "--max-dice-drop", "-0.1"), ("compress", "--prune-ratio", "1.5"),
     ("compress", "--prune-ratio", "nan"), ("compress", "--prune-ratio", "-0.5"), ("compress", "--decoder-ratio", "1"),
     ("compress", "--decoder-ratio", "inf"), ("compress", "--target-macs", "0"), ("compress", "--target-macs", "nan"),

@@ -43,6 +43,23 @@ def test_lost_lesions_counts_teacher_components_without_any_overlap():
     assert lost_lesions(teacher, np.zeros_like(teacher)) == (0, 0)
 
 
+def test_specks_below_the_models_resolution_are_not_lesions():
+    """A lesion is at least ``min_lesion_px`` pixels of the model's input grid, scaled to the
+    image: a 64 x 64 image seen through a 32 x 32 grid needs 4 x 9 = 36 pixels."""
+    teacher = blobs((2, 8, 2, 8), (20, 25, 20, 25), (40, 41, 40, 41), shape=(64, 64))  # 36, 25, 1 px
+    nothing = np.zeros_like(teacher)
+    assert lost_lesions(nothing, teacher) == (3, 3)
+    assert lost_lesions(nothing, teacher, min_area=25) == (2, 2)
+    gt = [teacher]
+    for grid, want in (((64, 64), (2, 2)), ((32, 32), (1, 1)), (None, (2, 2))):
+        f = fidelity([nothing], [teacher], gt, ["a"], grid=grid, min_lesion_px=9)
+        assert (f["lesions"], f["lost_lesions"]) == want and f["min_lesion_px"] == 9
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(ConfigError, match="--min-lesion-px"):
+            Budgets(min_lesion_px=bad)
+    assert "9 px" in Budgets().describe()
+
+
 def test_fidelity_figures_and_checks():
     gt = [blobs((0, 10, 0, 10)), blobs((10, 20, 10, 20), (30, 38, 30, 38)), blobs((5, 15, 5, 15))]
     teacher = [g.copy() for g in gt]

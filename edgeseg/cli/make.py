@@ -230,6 +230,8 @@ def compress(
                                                   "teacher's masks. Default: 0.95."),
     max_lost_lesions: Optional[int] = typer.Option(None, help="Budget: teacher's lesions (connected components) the "
                                                    "model no longer touches. Default: 0."),
+    min_lesion_px: Optional[int] = typer.Option(None, help="What counts as a lesion for --max-lost-lesions: at least "
+                                                "this many pixels at the model's input resolution. Default: 9."),
     accept_over_budget: bool = typer.Option(False, "--accept-over-budget", help="When no model meets every budget, "
                                             "still write the closest one's bundle, marked over budget."),
     search: Optional[bool] = typer.Option(None, "--search/--no-search", help="Search candidates from gentle to "
@@ -273,7 +275,8 @@ def compress(
                  distill_epochs=distill_epochs, int8=int8,
                  target=target, calib_method=calib_method, max_dice_drop=max_dice_drop, device=device,
                  threads=threads, max_image_drop=max_image_drop, image_quantile=image_quantile,
-                 min_agreement=min_agreement, max_lost_lesions=max_lost_lesions, search=search,
+                 min_agreement=min_agreement, max_lost_lesions=max_lost_lesions,
+                 min_lesion_px=min_lesion_px, search=search,
                  time_budget=time_budget, runtime=runtime, distill_images=distill_images)
     given = {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items() if v is not None}
     if given.get("int8") is False:  # [conflicts] INT8-only options with --no-int8 would be silently ignored

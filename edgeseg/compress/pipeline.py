@@ -224,7 +224,8 @@ class Compressor:
         pairs = self.val_pairs()
         return fidelity(masks, self.teacher_masks(), [p[2] for p in pairs], [p[0] for p in pairs],
                         num_classes=len(self.meta.classes), quantile=self.budgets.image_quantile,
-                        mean_drop=mean_drop)
+                        mean_drop=mean_drop, min_lesion_px=self.budgets.min_lesion_px,
+                        grid=(self.pp.height, self.pp.width))
 
     def torch_stage(self, name, model, path, t0, notes=None) -> StageResult:
         import torch

@@ -64,6 +64,7 @@ class Recipe:
     image_quantile: float = 0.95
     min_agreement: float | None = 0.95
     max_lost_lesions: int | None = 0
+    min_lesion_px: int = 9  # what counts as a lesion for max_lost_lesions (pixels at the model's input)
     # search (edgeseg.compress.search): candidates from gentle to aggressive, the fastest that
     # meets every budget wins; off: the one recipe above
     search: bool = True
@@ -104,7 +105,7 @@ class Recipe:
 
         return Budgets(max_dice_drop=self.max_dice_drop, max_image_drop=self.max_image_drop,
                        image_quantile=self.image_quantile, min_agreement=self.min_agreement,
-                       max_lost_lesions=self.max_lost_lesions)
+                       max_lost_lesions=self.max_lost_lesions, min_lesion_px=self.min_lesion_px)
 
     def _check_ranges(self) -> None:
         """Every pruning, distillation and data number in its range, named by its key, so a bad

@@ -208,7 +208,8 @@ def markdown_report(rep: dict) -> str:
         lines += ["", "## Budgets and every candidate (validation split)", "", *verdict, "",
                   f"Budgets: mean Dice drop <= {lim.get('max_dice_drop')}, p{lim.get('image_quantile', 0.95) * 100:g} "
                   f"per-image Dice drop <= {lim.get('max_image_drop')}, mean agreement with the teacher's masks >= "
-                  f"{lim.get('min_agreement')}, lost lesions (teacher's connected components the model no longer "
+                  f"{lim.get('min_agreement')}, lost lesions (teacher's connected components of >= "
+                  f"{lim.get('min_lesion_px', 9)} px at the model's input that the model no longer "
                   f"touches) <= {lim.get('max_lost_lesions')}. Plot: `agreement_vs_latency.png`.", "",
                   *pareto_table(rep), *_search_lines(rep)]
     q = next((s for s in rep["stages"] if s["name"] == "quantize"), None)

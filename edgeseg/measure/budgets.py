@@ -15,8 +15,11 @@ figures (:func:`fidelity`), and each is held to a budget (:class:`Budgets`, :fun
     the ground truth is not involved (``--min-agreement``, default 0.95).
 ``lost_lesions``
     lesions are the 8-connected components of the teacher's predicted foreground (any
-    non-background class); one is *lost* when the candidate's foreground no longer overlaps
-    it by a single pixel (``--max-lost-lesions``, default 0).
+    non-background class) of at least ``--min-lesion-px`` pixels (default 9: a 3 x 3 blob) at
+    the model's input resolution (scaled to each image's size): specks smaller than that are
+    below what the model resolves and no reader counts them as lesions. One is *lost* when the
+    candidate's foreground no longer overlaps it by a single pixel (``--max-lost-lesions``,
+    default 0).
 
 Per-image Dice: binary models, Dice of the foreground masks; multi-class, the mean over the
 classes present in either mask; 1.0 when both masks are empty (nothing to find, nothing
@@ -52,6 +55,7 @@ class Budgets:
     image_quantile: float = 0.95
     min_agreement: float | None = 0.95
     max_lost_lesions: int | None = 0
+    min_lesion_px: int = 9  # what counts as a lesion: pixels at the model's input resolution
 
     def __post_init__(self) -> None:
         for key in ("max_dice_drop", "max_image_drop", "min_agreement"):
@@ -65,6 +69,9 @@ class Budgets:
         n = self.max_lost_lesions
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
             raise ConfigError(f"--max-lost-lesions must be an integer >= 0, got {n!r}")
+        px = self.min_lesion_px
+        if isinstance(px, bool) or not isinstance(px, int) or px < 1:
+            raise ConfigError(f"--min-lesion-px must be an integer >= 1, got {px!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,7 +86,7 @@ class Budgets:
         if self.min_agreement is not None:
             parts.append(f"agreement >= {self.min_agreement:g}")
         if self.max_lost_lesions is not None:
-            parts.append(f"lost lesions <= {self.max_lost_lesions}")
+            parts.append(f"lost lesions (>= {self.min_lesion_px} px at the model's input) <= {self.max_lost_lesions}")
         return ", ".join(parts) or "no budgets"
 
 
@@ -105,30 +112,41 @@ def image_dice(pred: np.ndarray, ref: np.ndarray, num_classes: int = 2) -> float
     return float(np.mean(dice))
 
 
-def lost_lesions(pred: np.ndarray, ref: np.ndarray) -> tuple[int, int]:
-    """(lesions of ``ref``, how many of them ``pred``'s foreground does not overlap at all)."""
+def lost_lesions(pred: np.ndarray, ref: np.ndarray, min_area: float = 0) -> tuple[int, int]:
+    """(lesions of ``ref`` of at least ``min_area`` pixels, how many of them ``pred``'s
+    foreground does not overlap at all)."""
     from edgeseg.measure.accuracy import connected_components
 
     labels, areas = connected_components(np.asarray(ref) > 0)
     if areas.size == 0:
         return 0, 0
     hit = np.bincount(labels[np.asarray(pred) > 0], minlength=areas.size + 1)[1:]
-    return int(areas.size), int(np.count_nonzero(hit == 0))
+    big = areas >= min_area
+    return int(np.count_nonzero(big)), int(np.count_nonzero((hit == 0) & big))
+
+
+def min_lesion_area(shape: tuple[int, ...], min_px: int, grid: tuple[int, int] | None) -> float:
+    """``min_px`` pixels of the model's input grid (H, W) in pixels of an image of ``shape``
+    (``min_px`` itself when the grid is unknown)."""
+    if grid is None:
+        return float(min_px)
+    return float(min_px) * (shape[-2] * shape[-1]) / float(grid[0] * grid[1])
 
 
 def fidelity(masks: Sequence[np.ndarray], teacher_masks: Sequence[np.ndarray], gts: Sequence[np.ndarray],
              names: Sequence[str], num_classes: int = 2, quantile: float = 0.95,
-             mean_drop: float | None = None) -> dict:
+             mean_drop: float | None = None, min_lesion_px: int = 9, grid: tuple[int, int] | None = None) -> dict:
     """The four figures of a candidate (``masks``) against its teacher (``teacher_masks``) on
     the images whose ground truths are ``gts``; plus the worst images and where lesions were
-    lost. ``mean_drop``: the mean Dice drop the caller measured (else from the per-image Dice)."""
+    lost. ``mean_drop``: the mean Dice drop the caller measured (else from the per-image Dice).
+    ``min_lesion_px`` / ``grid``: what counts as a lesion (pixels at the model's input grid)."""
     if not (len(masks) == len(teacher_masks) == len(gts) == len(names)) or not masks:
         raise ConfigError("fidelity needs one candidate mask, teacher mask, ground truth and name per image")
     drops, agree, lesions, lost, where = [], [], 0, 0, []
     for m, t, g, n in zip(masks, teacher_masks, gts, names):
         drops.append(image_dice(t, g, num_classes) - image_dice(m, g, num_classes))
         agree.append(image_dice(m, t, num_classes))
-        k, k_lost = lost_lesions(m, t)
+        k, k_lost = lost_lesions(m, t, min_lesion_area(np.shape(t), min_lesion_px, grid))
         lesions += k
         lost += k_lost
         if k_lost:
@@ -145,6 +163,7 @@ def fidelity(masks: Sequence[np.ndarray], teacher_masks: Sequence[np.ndarray], g
         "agreement": float(np.mean(agree)),
         "min_agreement_image": float(np.min(agree)),
         "lesions": int(lesions),
+        "min_lesion_px": int(min_lesion_px),
         "lost_lesions": int(lost),
         "lost_where": where[:20],
     }
