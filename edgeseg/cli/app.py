@@ -80,10 +80,6 @@ def command(fn):
     return app.command()(wrapper)
 
 
-from edgeseg.cli import serve as _serve  # noqa: E402,F401 - registers serve, store, monitor (issue 12)
-from edgeseg.cli import explain as _explain, tune as _tune  # noqa: E402,F401 - registers explain, tune (issue 13)
-
-
 def main() -> None:  # pragma: no cover - run as a subprocess by the tests
     """The ``edgeseg`` command: click's usage errors (unknown option, missing argument, bad
     choice) become one ``error:`` line naming the help to read, like every other bad input."""
