@@ -111,3 +111,15 @@ def pytest_collection_modifyitems(config, items):
                 jetson = Path("/etc/nv_tegra_release").is_file()
             if not jetson:
                 item.add_marker(pytest.mark.skip(reason="needs an NVIDIA Jetson (/etc/nv_tegra_release absent)"))
+
+
+def blocking_imports(*modules: str) -> str:
+    """Python source that makes importing any of ``modules`` (top-level names) raise ImportError:
+    the preamble of a subprocess that shows some code runs where they cannot be imported."""
+    return ("import builtins, sys\n"
+            "real = builtins.__import__\n"
+            "def guard(name, *a, **k):\n"
+            f"    if name.split('.')[0] in {modules!r}:\n"
+            "        raise ImportError('blocked: ' + name)\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = guard\n")

@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import blocking_imports
 
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.intensity import (
@@ -153,14 +154,7 @@ def test_hu_window_identical_in_toolkit_and_torch_free_runtime(ct_bundle, tmp_pa
     policy = Segmenter(ct_bundle).intensity
     toolkit_img = D.read_image(dcm, policy)
     toolkit_mask = Segmenter(ct_bundle).predict(D.read_source(dcm))
-    code = textwrap.dedent(f"""
-        import builtins, sys
-        real = builtins.__import__
-        def guard(name, *a, **k):
-            if name.split('.')[0] in ('torch', 'transformers', 'torch_pruning', 'cv2'):
-                raise ImportError('blocked: ' + name)
-            return real(name, *a, **k)
-        builtins.__import__ = guard
+    code = blocking_imports('torch', 'transformers', 'torch_pruning', 'cv2') + textwrap.dedent(f"""
         import numpy as np, pydicom
         from pydicom.pixels import apply_modality_lut
         from edgeseg.runtime import Segmenter

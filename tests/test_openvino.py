@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import one_line_error, rgb
+from conftest import blocking_imports, one_line_error, rgb
 from edgeseg.data import folders as D
 from edgeseg.errors import ConfigError
 from edgeseg.measure import runtimes as MR
@@ -190,14 +190,7 @@ def test_cli_without_openvino_says_so_in_one_line(tiny_bundle, tmp_path):
 
 
 def test_runtime_with_openvino_never_imports_torch(tiny_bundle):
-    code = textwrap.dedent(f"""
-        import builtins, sys
-        real = builtins.__import__
-        def guard(name, *a, **k):
-            if name.split('.')[0] in ('torch', 'transformers', 'torch_pruning', 'cv2', 'onnx'):
-                raise ImportError('blocked: ' + name)
-            return real(name, *a, **k)
-        builtins.__import__ = guard
+    code = blocking_imports('torch', 'transformers', 'torch_pruning', 'cv2', 'onnx') + textwrap.dedent(f"""
         import numpy as np
         from edgeseg.runtime import Segmenter
         seg = Segmenter({str(tiny_bundle)!r}, runtime='openvino')

@@ -5,6 +5,7 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import blocking_imports
 
 from edgeseg.runtime import InputError, Segmenter
 
@@ -13,14 +14,7 @@ RUNTIMES = ["onnxruntime", "openvino"]  # the runner tests every ONNX runtime pa
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_runtime_never_imports_torch(tiny_bundle, runtime):
-    code = textwrap.dedent(f"""
-        import builtins, sys
-        real = builtins.__import__
-        def guard(name, *a, **k):
-            if name.split('.')[0] in ('torch', 'transformers', 'torch_pruning', 'cv2'):
-                raise ImportError('blocked: ' + name)
-            return real(name, *a, **k)
-        builtins.__import__ = guard
+    code = blocking_imports('torch', 'transformers', 'torch_pruning', 'cv2') + textwrap.dedent(f"""
         import numpy as np
         from edgeseg.runtime import Segmenter
         seg = Segmenter({str(tiny_bundle)!r}, runtime={runtime!r})
