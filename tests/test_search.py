@@ -77,3 +77,38 @@ def test_time_budget_skips_candidates_that_do_not_fit(embedded, tmp_path):
     assert all(c["status"] == "skipped" and "time budget" in c["reason"] for c in log[1:])
     assert {p["candidate"] for p in rep["points"]} == {"fold"}
     assert "skipped; time budget" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_each_distilled_candidate_is_planned_from_its_own_measured_step(embedded, tmp_path, caplog, monkeypatch):
+    """The epochs a candidate's distillation gets come from a step of *its* pruned student timed
+    after pruning (not a guess from the teacher), and are kept in the state for a rerun."""
+    from edgeseg.compress import search as S
+
+    measured = []
+    real = S.Search.measure_step
+
+    def spy(self, path, cand):
+        assert (path / "model.safetensors").is_file() and path.parent.name == cand.name  # the pruned student
+        step = real(self, path, cand)
+        measured.append((cand.name, step, self.c.estimate.train_step_s))
+        return step
+
+    monkeypatch.setattr(S.Search, "measure_step", spy)
+    out = tmp_path / "d"
+    with caplog.at_level("INFO", logger="edgeseg.compress.pipeline"):
+        rep = Compressor(embedded / "teacher", out, recipe(embedded, distill_epochs=2, time_budget=30),
+                         progress=False).run()
+    assert [m[0] for m in measured] == ["prune25", "prune50", "prune75", "prune50-depth1111"]
+    assert all(step > 0 and step == used for _, step, used in measured)
+    assert caplog.text.count("a distillation step of this student takes") == 4
+    st = json.loads((out / "state.json").read_text())
+    for name in ("prune25", "prune50", "prune75", "prune50-depth1111"):
+        h = st["candidates"][name]
+        assert 1 <= h["epochs"] <= 2 and set(h["stages"]) == {"prune", "distill", "export"}
+    log = {c["candidate"]: c for c in rep["budgets"]["search"]["candidates"]}
+    assert all(log[n]["status"] == "measured" for n in log)
+    # a rerun reuses every stage and measures no step again
+    measured.clear()
+    Compressor(embedded / "teacher", out, recipe(embedded, distill_epochs=2, time_budget=30), progress=False).run()
+    assert measured == []

@@ -105,3 +105,57 @@ def test_data_parallel_under_torchrun(tmp_path, embedded):
     assert [h["epoch"] for h in meta["training"]["history"]] == [1, 2]
     # each rank sees half the images per epoch: 40 train images, batch 8 -> 3 steps per epoch
     assert meta["training"]["steps"] == 6 and not (tmp_path / "ddp/.resume").exists()
+
+
+def test_patience_stops_a_run_that_no_longer_improves(tmp_path, embedded, caplog):
+    """A learning rate too small to change any mask: validation Dice never beats epoch 1, so with
+    --patience 1 the run stops after epoch 2 of 5, says why, and leaves nothing to resume."""
+    out = tmp_path / "m"
+    with caplog.at_level("WARNING", logger="edgeseg.train.loop"):
+        train(_cfg(tmp_path, embedded, epochs=5, lr=1e-12, patience=1))
+    meta = json.loads((out / "edgeseg_checkpoint.json").read_text())
+    assert [h["epoch"] for h in meta["training"]["history"]] == [1, 2]
+    assert meta["training"]["best_epoch"] == 1
+    assert "no better validation score for 1 epoch(s) after epoch 1" in meta["training"]["stopped_early"]
+    assert "stopping after epoch 2 of 5" in caplog.text
+    assert not (out / ".resume").exists()  # finished: a rerun is refused, not resumed
+    # without patience the same run goes on to its last epoch
+    train(_cfg(tmp_path, embedded, epochs=3, lr=1e-12, out=str(tmp_path / "n")))
+    meta = json.loads((tmp_path / "n" / "edgeseg_checkpoint.json").read_text())
+    assert len(meta["training"]["history"]) == 3 and "stopped_early" not in meta["training"]
+
+
+@pytest.mark.parametrize("kw", [dict(patience=0), dict(scale_jitter=1.0), dict(scale_jitter=-0.1)])
+def test_bad_patience_or_scale_jitter_is_refused(tmp_path, embedded, kw):
+    from edgeseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--patience|--scale-jitter"):
+        _cfg(tmp_path, embedded, **kw)
+
+
+def test_zoom_keeps_each_label_under_its_pixel():
+    """Random crops resized back: the image's red channel encodes the label, so wherever the
+    zoomed mask says 1 the zoomed image must be red (up to one boundary pixel of interpolation)."""
+    import torch
+
+    from edgeseg.train.augment import augment, zoom
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.zeros(6, 64, 64, dtype=torch.uint8)
+    for i in range(6):
+        y[i, 10 + i:40 + i, 5 + 3 * i:30 + 3 * i] = 1
+    y[:, 50:, 50:] = 255  # unlabelled pixels stay unlabelled
+    x = torch.zeros(6, 64, 64, 3, dtype=torch.uint8)
+    x[..., 0] = (y == 1).to(torch.uint8) * 255
+    same_x, same_y = zoom(x, y, g, 0.0)
+    assert same_x is x and same_y is y
+    zx, zy = zoom(x, y, g, 0.4)
+    assert zx.shape == x.shape and zx.dtype == torch.uint8 and zy.shape == y.shape and zy.dtype == y.dtype
+    assert set(torch.unique(zy).tolist()) <= {0, 1, 255}
+    changed = [not torch.equal(zy[i], y[i]) for i in range(6)]
+    assert sum(changed) >= 4  # crops really happened
+    red = zx[..., 0] > 127
+    inside = (zy == 1)
+    assert (red == inside).float().mean() > 0.97  # disagreements only on the blurred borders
+    ax, ay = augment(x, y, g, 1.0, 0.3)  # the whole chain keeps shapes and label values
+    assert ax.shape == x.shape and set(torch.unique(ay).tolist()) <= {0, 1, 255}

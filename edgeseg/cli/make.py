@@ -41,6 +41,10 @@ def train(
                                            "jitter, 0..3 (0: flips and rotations only)."),
     dice_weight: float = typer.Option(1.0, "--dice-weight", help="Weight of the soft-Dice loss next to "
                                       "cross-entropy (0: cross-entropy only)."),
+    scale_jitter: float = typer.Option(0.0, "--scale-jitter", help="Zoom augmentation: random crops of "
+                                       "1 - J .. 1 of each side, resized back; J in [0, 1). Default: 0 (none)."),
+    patience: Optional[int] = typer.Option(None, "--patience", help="Stop after N epochs without a better "
+                                           "validation Dice. Default: run every epoch."),
     intensity: Optional[str] = typer.Option(None, "--intensity", help="How pixels of any type become the model's "
                                             "8-bit RGB, recorded in the checkpoint and bundle: ct:soft-tissue, "
                                             "ct:lung, ct:bone, ct:brain, window:LEVEL,WIDTH, percentile:LOW,HIGH or "
@@ -74,7 +78,7 @@ def train(
         classes=_classes(classes), size=size, epochs=epochs, batch_size=batch_size, lr=lr,
         warmup_steps=warmup_steps, device=device, threads=threads, time_budget_min=time_budget, seed=seed,
         augment=not no_augment, progress=not quiet, log=tuple(log or ()), intensity=intensity,
-        augment_strength=augment_strength, dice_weight=dice_weight,
+        augment_strength=augment_strength, dice_weight=dice_weight, scale_jitter=scale_jitter, patience=patience,
     )
     if folds is not None or refit:  # [tracking] k-fold cross-validation (edgeseg/train/folds.py)
         from edgeseg.cli.tune import print_folds
@@ -165,6 +169,10 @@ def distill(
                                 "Default: 0.5."),
     distill_images: Optional[Path] = typer.Option(None, "--distill-images", help="Extra images (masks not needed) "
                                                   "that train the teacher term only. Default: none."),
+    patience: Optional[int] = typer.Option(3, "--patience", help="Stop after N epochs without better validation "
+                                           "agreement with the teacher. Default: 3."),
+    scale_jitter: float = typer.Option(0.2, "--scale-jitter", help="Zoom augmentation: random crops of 1 - J .. 1 "
+                                       "of each side, resized back (the teacher sees the same crop). Default: 0.2."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto. Default: auto."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads. Default: torch's choice."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT when it is an earlier edgeseg checkpoint."),
@@ -193,7 +201,7 @@ def distill(
     tcfg = TrainConfig(data=str(train_dir), out=str(out), train_split=train_split, val_split=val_split,
                        classes=tuple(meta.classes), size=max(32, meta.preprocess.height // 32 * 32), epochs=epochs,
                        batch_size=batch_size, lr=lr, device=device, progress=not quiet, threads=threads,
-                       log=tuple(log or ()))
+                       log=tuple(log or ()), patience=patience, scale_jitter=scale_jitter)
     path = distill_checkpoint(teacher, student, tcfg, dcfg, student_note=student.name, overwrite=overwrite)
     sel = read_meta(path).training.get("selection") or {}
     typer.echo(f"kept the {sel.get('kept')} (agreement with the teacher {sel.get('best_agreement', 0):.4f} at the "
@@ -217,6 +225,10 @@ def compress(
     importance: Optional[str] = typer.Option(None, help="magnitude or taylor (data-driven)."),
     depths: Optional[str] = typer.Option(None, help="Blocks kept per stage, e.g. 1,1,1,1 (depth pruning)."),
     distill_epochs: Optional[int] = typer.Option(None, help="Distillation epochs (0 = none)."),
+    distill_patience: Optional[int] = typer.Option(None, help="Stop a distillation after N epochs without better "
+                                                   "validation agreement with the teacher. Default: 3."),
+    distill_scale_jitter: Optional[float] = typer.Option(None, help="Distillation's zoom augmentation: random crops "
+                                                         "of 1 - J .. 1 of each side. Default: 0.2."),
     int8: Optional[bool] = typer.Option(None, "--int8/--no-int8", help="INT8 quantization."),
     target: Optional[str] = typer.Option(None, help=f"INT8 target: {', '.join(target_names())}."),
     calib_method: Optional[str] = typer.Option(None, help="minmax, entropy or percentile."),
@@ -272,7 +284,8 @@ def compress(
     given = dict(calib=calib, calib_split=calib_split, calib_count=calib_count, val=val, val_split=val_split,
                  train=train, train_split=train_split, prune_ratio=prune_ratio, decoder_ratio=decoder_ratio,
                  target_macs=target_macs, importance=importance, depths=_ints(depths, "--depths"),
-                 distill_epochs=distill_epochs, int8=int8,
+                 distill_epochs=distill_epochs, distill_patience=distill_patience,
+                 distill_scale_jitter=distill_scale_jitter, int8=int8,
                  target=target, calib_method=calib_method, max_dice_drop=max_dice_drop, device=device,
                  threads=threads, max_image_drop=max_image_drop, image_quantile=image_quantile,
                  min_agreement=min_agreement, max_lost_lesions=max_lost_lesions,

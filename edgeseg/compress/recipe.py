@@ -48,6 +48,8 @@ class Recipe:
     # distill
     distill_epochs: int = 10
     distill_lr: float = 3e-4
+    distill_patience: int | None = 3  # stop after this many epochs without better validation agreement
+    distill_scale_jitter: float = 0.2  # zoom augmentation (random crops of 80-100% of each side)
     batch_size: int = 8
     temperature: float = 2.0
     alpha: float = 0.5
@@ -125,6 +127,9 @@ class Recipe:
             integer("depths (blocks kept per stage)", d, 1)
         number("distill_lr", self.distill_lr, 0, 1, lo_open=True, hi_open=True)
         integer("distill_epochs", self.distill_epochs, 0)
+        if self.distill_patience is not None:
+            integer("distill_patience", self.distill_patience, 1)
+        number("distill_scale_jitter", self.distill_scale_jitter, 0, 1, hi_open=True)
         integer("calib_count", self.calib_count, 1)
         integer("seed", self.seed, 0)
         if self.importance not in IMPORTANCE:

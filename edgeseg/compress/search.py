@@ -21,8 +21,10 @@ stage (and the number of distillation epochs it chose), whatever time budget it 
 
 Bounded by ``time_budget`` (minutes, for this invocation): before each candidate the time left
 is shared among the distillations still to run (the other stages' estimates set aside); a
-candidate's distillation gets that many epochs by the current estimate of an epoch (refined by
-the steps the previous distillation measured) and stops after the epoch that passes its share;
+candidate's distillation gets that many epochs by the estimate of an epoch of *its own*
+student (after pruning, a few training steps of the pruned student against the teacher are
+timed on real images: :meth:`Search.measure_step`) and stops after the epoch that passes its
+share, or earlier when validation agreement stops improving (``distill_patience``);
 a candidate that does not fit at all (its stages' estimates with one epoch) is skipped and the
 report says so. The ``fold`` candidate always runs. With ``search=False`` the one chain of the
 recipe runs instead, straight under ``OUT/stages/`` (the layout and state of earlier versions),
@@ -181,19 +183,28 @@ class Search:
                 first += len(cand.stages)
                 continue
             recipe = replace(self.base, **cand.overrides)
-            if cand.distils and not cand.flat:
-                holder["epochs"] = int(epochs)
-                recipe = replace(recipe, distill_epochs=int(epochs))
-                # a safety net: stop after the epoch that passes its share (with a margin for the estimate)
-                share = self._share_s(self.cands[k:])
-                c.distill_minutes = None if math.isinf(share) else max(1.25 * share, 60) / 60
             c.recipe, c.results, c.estimate.recipe = recipe, dict(shared), recipe
             t0 = time.monotonic()
             try:
                 stages = [_BY_NAME[s] for s in cand.stages]
                 out_dir = c.work / "stages" if cand.flat else c.work / "candidates" / cand.name
-                c.run_chain(stages, fold_path, holder["stages"], out_dir, self.stage_count, first=first,
-                            label="" if cand.flat else f"{cand.name}: ")
+                label = "" if cand.flat else f"{cand.name}: "
+                src, at = fold_path, first
+                if cand.distils and not cand.flat:
+                    if not holder.get("epochs"):  # decided once, by this candidate's own student
+                        cut = cand.stages.index("distill")
+                        src = c.run_chain(stages[:cut], src, holder["stages"], out_dir, self.stage_count, first=at,
+                                          label=label)
+                        stages, at = stages[cut:], at + cut
+                        self.measure_step(src, cand)
+                        epochs = self._epochs(self.cands[k:])
+                    holder["epochs"] = int(epochs)
+                    recipe = replace(recipe, distill_epochs=int(epochs))
+                    # a safety net: stop after the epoch that passes its share (with a margin for the estimate)
+                    share = self._share_s(self.cands[k:])
+                    c.distill_minutes = None if math.isinf(share) else max(1.25 * share, 60) / 60
+                    c.recipe = c.estimate.recipe = recipe
+                c.run_chain(stages, src, holder["stages"], out_dir, self.stage_count, first=at, label=label)
             finally:
                 c.recipe, c.distill_minutes, c.estimate.recipe = self.base, None, self.base
             first += len(cand.stages)
@@ -202,6 +213,32 @@ class Search:
             self.log.append(entry)
             self._collect(cand, dict(c.results))
         c.results = dict(shared)
+
+    def measure_step(self, student_path: Path, cand: Candidate) -> float:
+        """Time a few distillation steps of the student at ``student_path`` (the pruned model)
+        against the teacher, on a batch of the calibration images; the estimate of an epoch uses
+        it from now on. Returns seconds per step."""
+        import copy
+
+        import torch
+
+        from edgeseg.compress.progress import time_train_steps
+        from edgeseg.distill import DistillConfig, make_loss
+        from edgeseg.model.checkpoint import load_checkpoint
+
+        c, r = self.c, self.c.recipe
+        student, _ = load_checkpoint(student_path)
+        calib = c.calib
+        idx = [i % len(calib) for i in range(r.batch_size)]
+        x = torch.from_numpy(calib[idx])
+        y = torch.zeros((len(idx), x.shape[2], x.shape[3]), dtype=torch.uint8)
+        loss = make_loss(copy.deepcopy(c.teacher), DistillConfig(temperature=r.temperature, alpha=r.alpha,
+                                                                 feature_weight=r.feature_weight), None, 1.0, student)
+        step = time_train_steps(student, loss, x, y)
+        c.estimate.train_step_s = step
+        c.talk.say(f"  {cand.name}: a distillation step of this student takes {step:.2f} s here (measured): an "
+                   f"epoch about {fmt_seconds(self._epoch_s())}")
+        return step
 
     def _collect(self, cand: Candidate, chain: dict) -> None:
         names = list(chain)

@@ -137,7 +137,8 @@ def _distill(c: "Compressor", src: Path, out: Path) -> StageResult:
                        classes=tuple(c.meta.classes), size=max(32, c.pp.height // 32 * 32),
                        epochs=r.distill_epochs, batch_size=r.batch_size, lr=r.distill_lr, warmup_steps=20,
                        device=r.device, seed=r.seed, progress=c.progress, threads=r.threads, log=c.log,
-                       time_budget_min=c.distill_minutes)
+                       time_budget_min=c.distill_minutes, patience=r.distill_patience,
+                       scale_jitter=r.distill_scale_jitter)
     dcfg = DistillConfig(temperature=r.temperature, alpha=r.alpha, feature_weight=r.feature_weight,
                          extra_images=r.distill_images)
     # an unrecorded earlier attempt: resume it when it stopped early, else start it again

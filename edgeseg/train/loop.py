@@ -57,6 +57,8 @@ class TrainConfig:
     class_weighting: bool = True
     augment: bool = True
     augment_strength: float = 1.0  # scales the brightness/contrast jitter (0: flips and rotations only)
+    scale_jitter: float = 0.0  # zoom: random crops of 1 - scale_jitter .. 1 of each side, resized back (0: none)
+    patience: int | None = None  # stop after this many epochs without a better validation score (None: never)
     device: str = "auto"
     seed: int = 0
     threads: int | None = None
@@ -80,6 +82,10 @@ class TrainConfig:
         if not 0 <= self.augment_strength <= 3 or not 0 <= self.dice_weight <= 100:
             raise ConfigError(f"augment strength must be in [0, 3] and Dice weight in [0, 100], got "
                               f"{self.augment_strength} and {self.dice_weight}")
+        if not 0 <= self.scale_jitter < 1:
+            raise ConfigError(f"--scale-jitter must be in [0, 1), got {self.scale_jitter}")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"--patience must be at least 1 epoch, got {self.patience}")
         intensity_policy(self.intensity)  # a bad --intensity is refused before any work
 
 
@@ -269,7 +275,7 @@ def fit(model, xs: np.ndarray, ys: np.ndarray, val_orig, val_names, pp: Preproce
                 idx = perm[:cfg.batch_size]
             xb, yb = x_all[idx], y_all[idx]
             if cfg.augment:
-                xb, yb = augment(xb, yb, gen, cfg.augment_strength)
+                xb, yb = augment(xb, yb, gen, cfg.augment_strength, cfg.scale_jitter)
             x = to_tensor(xb, pp, device)
             logits = net(pixel_values=x).logits
             loss = loss_fn(logits, x, yb.to(device))
@@ -314,17 +320,36 @@ def fit(model, xs: np.ndarray, ys: np.ndarray, val_orig, val_names, pp: Preproce
             import torch.distributed as dist
 
             dist.barrier()
+        if cfg.patience and _no_progress(state, cfg, world):
+            state.stopped_early = (f"no better validation score for {cfg.patience} epoch(s) after epoch "
+                                   f"{state.best_epoch}")
+            log.warning("stopping after epoch %d of %d: %s", state.epoch, cfg.epochs, state.stopped_early)
+            break
         if cfg.time_budget_min and state.elapsed_s > cfg.time_budget_min * 60:
             log.warning("time budget of %.1f min reached after epoch %d", cfg.time_budget_min, state.epoch)
             break
     if rank == 0:
         _update_history(out, state)
         run_log.finish(state.history)
-        if state.epoch >= cfg.epochs:  # finished: nothing left to resume
+        if state.epoch >= cfg.epochs or state.stopped_early:  # finished: nothing left to resume
             import shutil
 
             shutil.rmtree(out / R.RESUME_DIR, ignore_errors=True)
     return out
+
+
+def _no_progress(state: TrainState, cfg: TrainConfig, world: int) -> bool:
+    """--patience: the last ``cfg.patience`` epochs brought no better validation score (decided
+    on rank 0, which validates, and shared with the other ranks under torchrun)."""
+    stop = 0 < state.best_epoch and cfg.patience <= state.epoch - state.best_epoch and state.epoch < cfg.epochs
+    if world > 1:
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([int(stop)])
+        dist.broadcast(flag, 0)
+        stop = bool(flag.item())
+    return stop
 
 
 def _round(summary: dict) -> dict:
@@ -346,4 +371,6 @@ def _update_history(out: Path, state: TrainState) -> None:
         d["training"]["history"] = state.history
         d["training"]["best_epoch"] = state.best_epoch
         d["training"]["steps"] = state.step
+        if state.stopped_early:
+            d["training"]["stopped_early"] = state.stopped_early
         atomic_write_json(mp, d)

@@ -32,6 +32,7 @@ class TrainState:
     history: list = field(default_factory=list)
     elapsed_s: float = 0.0
     settings: dict = field(default_factory=dict)
+    stopped_early: str | None = None  # why the run stopped before its last epoch (--patience); None: it did not
 
 
 def settings_of(cfg) -> dict:
