@@ -218,6 +218,58 @@ def test_guard_returns_sensitive_blocks_to_float_until_budget_holds():
     assert kept == [] and len(calls) == n + 1  # no budget: one INT8 build, no search
 
 
+def _fig(mean_drop, agreement, lost):
+    return {"mean_drop": mean_drop, "image_drop": mean_drop, "agreement": agreement, "lost_lesions": lost,
+            "lesions": 20}
+
+
+def test_guard_keeps_every_budget_not_only_the_mean():
+    """Synthetic model whose INT8 keeps the mean Dice but loses lesions: block "b" loses two
+    lesions, "c" one and costs agreement, "a" nothing. The Dice-only guard would accept the all-INT8
+    model; the every-budget guard returns "b" then "c" to float until no lesion is lost."""
+    from edgeseg.compress.guard import guard_budgets
+    from edgeseg.measure.budgets import Budgets
+
+    lost = {"a": 0, "b": 2, "c": 1}
+    calls = []
+
+    def score_of(float_blocks):
+        calls.append(tuple(float_blocks))
+        q = [k for k in lost if k not in float_blocks]
+        return 0.90, _fig(0.001, 0.99 - (0.05 if "c" in q else 0.0), sum(lost[k] for k in q))
+
+    budgets = Budgets()
+    kept, dice, notes = guard_budgets(list(lost), score_of, budgets, _fig(0.0, 1.0, 0), 0.901, 0.901)
+    assert kept == ["b", "c"] and notes["rule"] == "every budget"
+    assert set(notes["missed_all_int8"]) == {"min_agreement", "max_lost_lesions"}
+    assert notes["sensitivity"]["b"] > notes["sensitivity"]["c"] > notes["sensitivity"]["a"] == 0
+    assert notes["float_blocks"][-1]["shortfall_after"] == 0 and "budgets_missed" not in notes
+    # all-INT8 within every budget: one build, nothing returned to float
+    n = len(calls)
+    kept, _, notes = guard_budgets(list(lost), lambda fb: (0.9, _fig(0.0, 0.99, 0)), budgets, _fig(0.0, 1.0, 0),
+                                   0.9, 0.9)
+    assert kept == [] and notes["missed_all_int8"] == []
+    # a budget no block can win back: said, not hidden
+    kept, _, notes = guard_budgets(list(lost), lambda fb: (0.9, _fig(0.0, 0.99, 3)), budgets, _fig(0.0, 1.0, 0),
+                                   0.9, 0.9)
+    assert kept == [] and notes["budgets_missed"] == ["max_lost_lesions"]
+    assert len(calls) == n
+
+
+def test_guard_falls_back_to_the_dice_rule_when_fp32_already_misses_a_budget():
+    from edgeseg.compress.guard import guard_budgets
+    from edgeseg.measure.budgets import Budgets
+
+    seen = []
+
+    def score_of(float_blocks):
+        seen.append(tuple(float_blocks))
+        return 0.899, _fig(0.002, 0.9, 5)
+
+    kept, dice, notes = guard_budgets(["a", "b"], score_of, Budgets(), _fig(0.0, 0.93, 4), 0.90, 0.90)
+    assert kept == [] and dice == 0.899 and notes["rule"].startswith("mean Dice") and seen == [()]
+
+
 @pytest.mark.slow
 def test_guard_in_pipeline_records_its_decisions(tiny_ckpt, embedded, tmp_path):
     rep = Compressor(tiny_ckpt, tmp_path / "g", recipe(embedded, distill_epochs=0, max_dice_drop=0.0),

@@ -65,12 +65,63 @@ def guard_fallback(groups: list[str], dice_of, teacher_dice: float, fp32_dice: f
     return excluded, dice, notes
 
 
+def guard_budgets(groups: list[str], score_of, budgets, fp32_fig: dict, teacher_dice: float, fp32_dice: float):
+    """The INT8 guard against *every* budget (``edgeseg.measure.budgets``), not only the mean:
+    ``score_of(float_blocks)`` quantizes everything except those blocks and returns
+    ``(validation Dice, fidelity figures against the teacher)``. Returns (blocks kept float,
+    final Dice, notes), as :func:`guard_fallback`.
+
+    When the FP32 model already misses a budget, no INT8 model can meet them all, so INT8's own
+    cost is bounded by :func:`guard_fallback`'s Dice rule instead. Otherwise:
+
+    1. Quantize every block; when every budget holds, done.
+    2. Sensitivity: for each block, how much closer to every budget (``budgets.shortfall``,
+       each miss scaled by its budget) the model gets when that block alone stays float.
+    3. Return blocks to float, most helpful first, until every budget holds (or no block that
+       helps is left); the notes name the budgets still missed.
+    """
+    from edgeseg.measure.budgets import check, shortfall
+
+    if shortfall(fp32_fig, budgets) > 0:
+        excluded, dice, notes = guard_fallback(groups, lambda ex: score_of(ex)[0], teacher_dice, fp32_dice,
+                                               budgets.max_dice_drop)
+        notes["rule"] = "mean Dice (the FP32 model already misses a budget)"
+        return excluded, dice, notes
+    notes: dict = {"rule": "every budget", "float_blocks": [], "sensitivity": {}, "dice_fp32": fp32_dice}
+    excluded: list[str] = []
+    dice, fig = score_of(excluded)
+    base = shortfall(fig, budgets)
+    notes.update(dice_all_int8=dice, missed_all_int8=[m["budget"] for m in check(fig, budgets)])
+    if base > 0:
+        gains = {g: base - shortfall(score_of([g])[1], budgets) for g in groups}
+        notes["sensitivity"] = gains
+        for g in sorted(gains, key=gains.get, reverse=True):
+            if gains[g] <= 0:
+                break
+            excluded.append(g)
+            dice, fig = score_of(excluded)
+            left = shortfall(fig, budgets)
+            notes["float_blocks"].append({"block": g, "shortfall_gain_alone": gains[g], "dice_after": dice,
+                                          "shortfall_after": left})
+            if left == 0:
+                break
+    missed = [m["budget"] for m in check(fig, budgets)]
+    if missed:
+        notes["budgets_missed"] = missed
+    return excluded, dice, notes
+
+
 def quantize_guarded(export_dir: Path, q_dir: Path, *, target: str, method: str, calib, calib_info: dict,
                      dice_of_bundle: Callable[[Path], float], teacher_dice: float, fp32_dice: float,
-                     budget: float | None, work: Path, talk=None) -> dict:
+                     budget: float | None, work: Path, talk=None, budgets=None, score_of_bundle=None,
+                     fp32_fig: dict | None = None) -> dict:
     """Write the INT8 bundle ``q_dir`` from the FP32 bundle ``export_dir``; returns the notes
     (recipe, method, calibration, and the guard's decisions). ``dice_of_bundle(path)`` scores
-    a candidate bundle on the validation images; ``work`` holds the temporary candidates."""
+    a candidate bundle on the validation images; ``work`` holds the temporary candidates.
+    With ``budgets`` (an ``edgeseg.measure.budgets.Budgets``), ``score_of_bundle(path) -> (Dice,
+    fidelity)`` and the FP32 model's fidelity ``fp32_fig``, the guard keeps every budget
+    (:func:`guard_budgets`) instead of the mean Dice drop alone."""
+    every = budgets is not None and score_of_bundle is not None and fp32_fig is not None
     from edgeseg.quantize import TARGETS, Int8Quantizer, int8_manifest, weight_only_int8
     from edgeseg.quantize.parity import int8_parity
     from edgeseg.runtime.bundle import read_bundle, write_bundle
@@ -91,8 +142,9 @@ def quantize_guarded(export_dir: Path, q_dir: Path, *, target: str, method: str,
     t0 = time.perf_counter()
     qz = Int8Quantizer(src.model_file, calib, target, method, calib_info=calib_info)
     groups = qz.node_groups()
-    more = "" if budget is None else (f"; when that costs more than the budget, one per block ({len(groups)}) to "
-                                      "find the sensitive ones, then one per block returned to float")
+    more = "" if budget is None and not every else (
+        f"; when that misses {'a' if every else 'the'} budget, one per block ({len(groups)}) to find the sensitive "
+        "ones, then one per block returned to float")
     say(f"  quantize: calibrated in {time.perf_counter() - t0:.0f} s; the guard builds and scores an all-INT8 "
         f"model{more}")
     notes: dict = {"recipe": target, "method": method, "calibration": calib_info}
@@ -101,7 +153,18 @@ def quantize_guarded(export_dir: Path, q_dir: Path, *, target: str, method: str,
 
         bar = talk.bar(total=None, desc="INT8 guard: candidates", unit="model") if talk is not None else None
 
+        scores: dict[tuple, tuple] = {}
+
+        def score_of(exclude: list[str]) -> tuple:
+            key = tuple(exclude)
+            if key not in scores:
+                scores[key] = _build_and_score(exclude)
+            return scores[key]
+
         def dice_of(exclude: list[str]) -> float:
+            return score_of(exclude)[0]
+
+        def _build_and_score(exclude: list[str]) -> tuple:
             tag = f"q{len(built)}"
             onnx_path = Path(td) / f"{tag}.onnx"
             qz.quantize(onnx_path, exclude=[n for g in exclude for n in groups[g]])
@@ -110,13 +173,16 @@ def quantize_guarded(export_dir: Path, q_dir: Path, *, target: str, method: str,
                          int8_manifest(src.manifest, target, method=method, calib_info=calib_info,
                                        float_blocks=exclude, source_sha256=source_sha))
             built[tuple(exclude)] = bdir
-            dice = dice_of_bundle(bdir)
+            scored = score_of_bundle(bdir) if every else (dice_of_bundle(bdir), None)
             if bar is not None:
                 bar.update(1)
-            return dice
+            return scored
 
         try:
-            excluded, _, guard = guard_fallback(list(groups), dice_of, teacher_dice, fp32_dice, budget)
+            if every:
+                excluded, _, guard = guard_budgets(list(groups), score_of, budgets, fp32_fig, teacher_dice, fp32_dice)
+            else:
+                excluded, _, guard = guard_fallback(list(groups), dice_of, teacher_dice, fp32_dice, budget)
         finally:
             if bar is not None:
                 bar.close()

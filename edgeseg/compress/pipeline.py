@@ -249,6 +249,18 @@ class Compressor:
         seg = open_model(bundle_dir, threads=self.recipe.threads, **({} if rt == "onnxruntime" else {"runtime": rt}))
         return self.measure(name, seg, bundle_dir, _onnx_params(seg.bundle.model_file), None, precision, t0, notes)
 
+    def dice_and_fidelity(self, seg) -> tuple[float, dict]:
+        """A model's mean validation Dice and its budget figures against the teacher."""
+        from edgeseg.runtime.metrics import MetricAccumulator
+
+        acc = MetricAccumulator(num_classes=len(self.meta.classes))
+        masks = []
+        for n, img, gt in self.talk.bar(self.val_pairs(), desc="scoring"):
+            masks.append(np.asarray(seg.predict(img)))
+            acc.add(masks[-1], gt, name=n)
+        dice = acc.summary()["mean_dice"]
+        return dice, self.fidelity(masks, self.results["teacher"].dice - dice)
+
     def dice(self, seg) -> float:
         from edgeseg.runtime.metrics import MetricAccumulator
 

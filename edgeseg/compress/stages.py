@@ -178,7 +178,9 @@ def _quantize(c: "Compressor", src: Path, out: Path) -> StageResult:
     notes = quantize_guarded(src, out, target=r.target, method=r.calib_method, calib=c.calib,
                              calib_info=c.calib_info, dice_of_bundle=lambda b: c.dice(open_model(b, threads=r.threads)),
                              teacher_dice=c.results["teacher"].dice, fp32_dice=c.results["export"].dice,
-                             budget=r.max_dice_drop, work=c.work, talk=c.talk)
+                             budget=r.max_dice_drop, work=c.work, talk=c.talk, budgets=c.budgets,
+                             score_of_bundle=lambda b: c.dice_and_fidelity(open_model(b, threads=r.threads)),
+                             fp32_fig=c.results["export"].fidelity)
     res = c.onnx_stage("quantize", out, "int8", t0, notes=notes)
     fp32 = c.results["export"].p50_ms
     if res.p50_ms and fp32 and res.p50_ms > fp32:  # recorded in the state: repeated when the stage is reused
