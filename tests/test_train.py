@@ -125,7 +125,7 @@ def test_patience_stops_a_run_that_no_longer_improves(tmp_path, embedded, caplog
     assert len(meta["training"]["history"]) == 3 and "stopped_early" not in meta["training"]
 
 
-@pytest.mark.parametrize("kw", [dict(patience=0), dict(scale_jitter=1.0), dict(scale_jitter=-0.1)])
+@pytest.mark.parametrize("kw", [dict(patience=-1), dict(scale_jitter=1.0), dict(scale_jitter=-0.1)])
 def test_bad_patience_or_scale_jitter_is_refused(tmp_path, embedded, kw):
     from edgeseg.errors import ConfigError
 

@@ -170,7 +170,7 @@ def distill(
     distill_images: Optional[Path] = typer.Option(None, "--distill-images", help="Extra images (masks not needed) "
                                                   "that train the teacher term only. Default: none."),
     patience: Optional[int] = typer.Option(3, "--patience", help="Stop after N epochs without better validation "
-                                           "agreement with the teacher. Default: 3."),
+                                           "agreement with the teacher (0: never). Default: 3."),
     scale_jitter: float = typer.Option(0.2, "--scale-jitter", help="Zoom augmentation: random crops of 1 - J .. 1 "
                                        "of each side, resized back (the teacher sees the same crop). Default: 0.2."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto. Default: auto."),
@@ -226,7 +226,7 @@ def compress(
     depths: Optional[str] = typer.Option(None, help="Blocks kept per stage, e.g. 1,1,1,1 (depth pruning)."),
     distill_epochs: Optional[int] = typer.Option(None, help="Distillation epochs (0 = none)."),
     distill_patience: Optional[int] = typer.Option(None, help="Stop a distillation after N epochs without better "
-                                                   "validation agreement with the teacher. Default: 3."),
+                                                   "validation agreement with the teacher (0: never). Default: 3."),
     distill_scale_jitter: Optional[float] = typer.Option(None, help="Distillation's zoom augmentation: random crops "
                                                          "of 1 - J .. 1 of each side. Default: 0.2."),
     int8: Optional[bool] = typer.Option(None, "--int8/--no-int8", help="INT8 quantization."),

@@ -1,7 +1,10 @@
 """The INT8 accuracy guard of ``edgeseg compress``.
 
-:func:`guard_fallback` is the rule: quantize every block; when the Dice drop against the
-teacher exceeds the budget, return the blocks that hurt most to float until it holds.
+:func:`guard_budgets` is the rule ``compress`` uses: quantize every block; when the model misses
+any budget its FP32 model meets (mean or per-image Dice drop, agreement with the teacher, lost
+lesions), return the blocks that help most to float until every one holds.
+:func:`guard_fallback` is the older rule on the mean Dice drop alone (used when only a Dice
+budget is known).
 :func:`quantize_guarded` applies it to an exported FP32 bundle: it calibrates once
 (``edgeseg.quantize.Int8Quantizer``), builds and scores each candidate in a temporary folder,
 and writes the chosen one as an INT8 bundle (manifest by ``edgeseg.quantize.int8_manifest``).
@@ -65,50 +68,79 @@ def guard_fallback(groups: list[str], dice_of, teacher_dice: float, fp32_dice: f
     return excluded, dice, notes
 
 
+# how much worse than its FP32 model an INT8 model may be on a budget that FP32 already misses
+WORSE_TOL = {"max_dice_drop": QUANT_TOL, "max_image_drop": 0.01, "min_agreement": -0.005, "max_lost_lesions": 0}
+
+
+def int8_bounds(budgets, fp32_fig: dict):
+    """The limits the INT8 guard holds its model to: the user's budgets where the FP32 model
+    meets them; where it already misses one (pruning and distillation spent it), no INT8 model
+    can meet it, so INT8 may only not make it worse than FP32 by more than :data:`WORSE_TOL`.
+    Returns (bounds, {budget: bound} of those relaxed)."""
+    from dataclasses import replace
+
+    from edgeseg.measure.budgets import check
+
+    relaxed = {}
+    for m in check(fp32_fig, budgets):
+        v = m["measured"]
+        if v is None or v != v:  # not measured: the guard cannot hold INT8 to it
+            relaxed[m["budget"]] = None
+        elif m["budget"] == "max_lost_lesions":
+            relaxed[m["budget"]] = int(v)
+        else:
+            relaxed[m["budget"]] = min(max(float(v) + WORSE_TOL[m["budget"]], 0.0), 1.0)
+    return replace(budgets, **relaxed), relaxed
+
+
 def guard_budgets(groups: list[str], score_of, budgets, fp32_fig: dict, teacher_dice: float, fp32_dice: float):
     """The INT8 guard against *every* budget (``edgeseg.measure.budgets``), not only the mean:
     ``score_of(float_blocks)`` quantizes everything except those blocks and returns
     ``(validation Dice, fidelity figures against the teacher)``. Returns (blocks kept float,
-    final Dice, notes), as :func:`guard_fallback`.
+    final Dice, notes), as :func:`guard_fallback`. The limits are :func:`int8_bounds`.
 
-    When the FP32 model already misses a budget, no INT8 model can meet them all, so INT8's own
-    cost is bounded by :func:`guard_fallback`'s Dice rule instead. Otherwise:
-
-    1. Quantize every block; when every budget holds, done.
-    2. Sensitivity: for each block, how much closer to every budget (``budgets.shortfall``,
-       each miss scaled by its budget) the model gets when that block alone stays float.
-    3. Return blocks to float, most helpful first, until every budget holds (or no block that
-       helps is left); the notes name the budgets still missed.
+    1. Quantize every block; when every limit holds, done.
+    2. Sensitivity: for each block, how much closer to every limit (``budgets.shortfall``, each
+       miss scaled by its budget) the model gets when that block alone stays float.
+    3. Return blocks to float, most helpful first, until every limit holds (or no block that
+       helps is left). The answer is the combination tried that came closest (a later block
+       never makes it worse); the notes name the limits still missed.
     """
     from edgeseg.measure.budgets import check, shortfall
 
-    if shortfall(fp32_fig, budgets) > 0:
-        excluded, dice, notes = guard_fallback(groups, lambda ex: score_of(ex)[0], teacher_dice, fp32_dice,
-                                               budgets.max_dice_drop)
-        notes["rule"] = "mean Dice (the FP32 model already misses a budget)"
-        return excluded, dice, notes
+    bounds, relaxed = int8_bounds(budgets, fp32_fig)
     notes: dict = {"rule": "every budget", "float_blocks": [], "sensitivity": {}, "dice_fp32": fp32_dice}
+    if relaxed:
+        notes["rule"] = "every budget; those the FP32 model already misses: no worse than FP32"
+        notes["relaxed"] = relaxed
     excluded: list[str] = []
     dice, fig = score_of(excluded)
-    base = shortfall(fig, budgets)
-    notes.update(dice_all_int8=dice, missed_all_int8=[m["budget"] for m in check(fig, budgets)])
+    base = shortfall(fig, bounds)
+    best = (base, [], dice, fig)
+    notes.update(dice_all_int8=dice, missed_all_int8=[m["budget"] for m in check(fig, bounds)])
     if base > 0:
-        gains = {g: base - shortfall(score_of([g])[1], budgets) for g in groups}
+        gains = {g: base - shortfall(score_of([g])[1], bounds) for g in groups}
         notes["sensitivity"] = gains
         for g in sorted(gains, key=gains.get, reverse=True):
             if gains[g] <= 0:
                 break
             excluded.append(g)
             dice, fig = score_of(excluded)
-            left = shortfall(fig, budgets)
+            left = shortfall(fig, bounds)
             notes["float_blocks"].append({"block": g, "shortfall_gain_alone": gains[g], "dice_after": dice,
                                           "shortfall_after": left})
+            if left < best[0]:
+                best = (left, list(excluded), dice, fig)
             if left == 0:
                 break
-    missed = [m["budget"] for m in check(fig, budgets)]
+    _, kept, dice, fig = best
+    if len(kept) < len(excluded):
+        notes["float_blocks"] = notes["float_blocks"][:len(kept)]
+        notes["dropped_blocks"] = excluded[len(kept):]  # tried, but they did not bring it closer
+    missed = [m["budget"] for m in check(fig, bounds)]
     if missed:
         notes["budgets_missed"] = missed
-    return excluded, dice, notes
+    return kept, dice, notes
 
 
 def quantize_guarded(export_dir: Path, q_dir: Path, *, target: str, method: str, calib, calib_info: dict,
@@ -121,7 +153,10 @@ def quantize_guarded(export_dir: Path, q_dir: Path, *, target: str, method: str,
     With ``budgets`` (an ``edgeseg.measure.budgets.Budgets``), ``score_of_bundle(path) -> (Dice,
     fidelity)`` and the FP32 model's fidelity ``fp32_fig``, the guard keeps every budget
     (:func:`guard_budgets`) instead of the mean Dice drop alone."""
-    every = budgets is not None and score_of_bundle is not None and fp32_fig is not None
+    every = budgets is not None and score_of_bundle is not None and bool(fp32_fig)
+    unguarded = None
+    if budgets is not None and score_of_bundle is not None and not fp32_fig:
+        unguarded = "mean Dice only: the FP32 model's budget figures were not recorded (an older run's stage)"
     from edgeseg.quantize import TARGETS, Int8Quantizer, int8_manifest, weight_only_int8
     from edgeseg.quantize.parity import int8_parity
     from edgeseg.runtime.bundle import read_bundle, write_bundle
@@ -148,6 +183,8 @@ def quantize_guarded(export_dir: Path, q_dir: Path, *, target: str, method: str,
     say(f"  quantize: calibrated in {time.perf_counter() - t0:.0f} s; the guard builds and scores an all-INT8 "
         f"model{more}")
     notes: dict = {"recipe": target, "method": method, "calibration": calib_info}
+    if budgets is not None:  # what the guard held the model to: a rerun with other budgets redoes the stage
+        notes["budgets_guarded"] = budgets.to_dict()
     with tempfile.TemporaryDirectory(prefix=".edgeseg-q-", dir=work) as td:
         built: dict[tuple, Path] = {}
 
@@ -187,6 +224,8 @@ def quantize_guarded(export_dir: Path, q_dir: Path, *, target: str, method: str,
             if bar is not None:
                 bar.close()
         notes.update(guard)
+        if unguarded:
+            notes["rule"] = unguarded
         chosen = read_bundle(built[tuple(excluded)])  # sealed again with its own parity check
         par = int8_parity(src.model_file, chosen.model_file, calib, chosen.manifest.session_config or None)
         write_bundle(q_dir, {"model.onnx": chosen.model_file}, chosen.manifest.derive(parity=par))

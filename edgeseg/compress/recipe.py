@@ -48,7 +48,7 @@ class Recipe:
     # distill
     distill_epochs: int = 10
     distill_lr: float = 3e-4
-    distill_patience: int | None = 3  # stop after this many epochs without better validation agreement
+    distill_patience: int | None = 3  # stop after this many epochs without better validation agreement (0: never)
     distill_scale_jitter: float = 0.2  # zoom augmentation (random crops of 80-100% of each side)
     batch_size: int = 8
     temperature: float = 2.0
@@ -128,7 +128,7 @@ class Recipe:
         number("distill_lr", self.distill_lr, 0, 1, lo_open=True, hi_open=True)
         integer("distill_epochs", self.distill_epochs, 0)
         if self.distill_patience is not None:
-            integer("distill_patience", self.distill_patience, 1)
+            integer("distill_patience", self.distill_patience, 0)  # 0: no early stopping
         number("distill_scale_jitter", self.distill_scale_jitter, 0, 1, hi_open=True)
         integer("calib_count", self.calib_count, 1)
         integer("seed", self.seed, 0)
@@ -167,14 +167,15 @@ class Recipe:
         """Each option whose value differs from ``recorded`` (a :meth:`to_dict`), as
         ``"name: recorded -> now"``; empty when they are the same recipe. The options that only
         choose among finished stages (:data:`CHOOSING`) are not compared, and an option a
-        recipe recorded by an older edgeseg lacks counts as its default."""
+        recipe recorded by an older edgeseg lacks counts as what that edgeseg did
+        (:data:`EARLIER`), else as its default."""
         now = self.to_dict()
         defaults = Recipe().to_dict()
         keys = [k for k in list(now) + [k for k in recorded if k not in now] if k not in CHOOSING]
         missing = object()
         out = []
         for k in keys:
-            a, b = recorded.get(k, defaults.get(k, missing)), now.get(k, missing)
+            a, b = recorded.get(k, EARLIER.get(k, defaults.get(k, missing))), now.get(k, missing)
             if a != b:
                 out.append(f"{k}: {'(absent)' if a is missing else a!r} -> {'(absent)' if b is missing else b!r}")
         return out
@@ -185,6 +186,9 @@ RUNTIMES = ("onnxruntime", "openvino", "auto")
 # options that choose among measured candidates (or bound the time spent measuring them): a
 # resumed run may change them without redoing any stage
 CHOOSING = frozenset({"max_image_drop", "image_quantile", "min_agreement", "max_lost_lesions", "time_budget"})
+# options added later, with the value recipes recorded before them behaved as (no early stopping,
+# no zoom augmentation): an older finished distillation is not taken for one with the new defaults
+EARLIER = {"distill_patience": None, "distill_scale_jitter": 0.0}
 
 
 def _typed(name: str, value: Any, annotation: str, where: str) -> Any:

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edgeseg.compress.progress import fmt_seconds
+from edgeseg.runtime.files import atomic_write_json
 from edgeseg.compress.stages import STAGES
 from edgeseg.measure.budgets import FIGURES, Budgets, check, miss_line, shortfall
 
@@ -106,8 +107,9 @@ class Search:
         return math.ceil(max(e.train_images, 1) / self.base.batch_size) * step + e.val_images * e.per_image_s
 
     def _fixed_s(self, cand: Candidate) -> float:
-        """Estimated seconds of a candidate's stages other than distillation."""
-        return sum(self.c.estimate.stage(s) for s in cand.stages if s != "distill")
+        """Estimated seconds of a candidate's stages other than distillation that are still to run."""
+        done = self._holder(cand)["stages"]
+        return sum(self.c.estimate.stage(s) for s in cand.stages if s != "distill" and not done.get(s))
 
     def _cost_s(self, cand: Candidate, epochs: int) -> float:
         return self._fixed_s(cand) + (epochs * self._epoch_s() if cand.distils else 0.0)
@@ -199,6 +201,7 @@ class Search:
                         self.measure_step(src, cand)
                         epochs = self._epochs(self.cands[k:])
                     holder["epochs"] = int(epochs)
+                    atomic_write_json(c.state_file, c.state)  # a rerun resumes this distillation with these epochs
                     recipe = replace(recipe, distill_epochs=int(epochs))
                     # a safety net: stop after the epoch that passes its share (with a margin for the estimate)
                     share = self._share_s(self.cands[k:])
@@ -226,15 +229,21 @@ class Search:
         from edgeseg.distill import DistillConfig, make_loss
         from edgeseg.model.checkpoint import load_checkpoint
 
+        from edgeseg.train.loop import pick_device
+
         c, r = self.c, self.c.recipe
+        device = pick_device(r.device)  # where the distillation will train
         student, _ = load_checkpoint(student_path)
+        student.to(device)
         calib = c.calib
         idx = [i % len(calib) for i in range(r.batch_size)]
-        x = torch.from_numpy(calib[idx])
-        y = torch.zeros((len(idx), x.shape[2], x.shape[3]), dtype=torch.uint8)
-        loss = make_loss(copy.deepcopy(c.teacher), DistillConfig(temperature=r.temperature, alpha=r.alpha,
-                                                                 feature_weight=r.feature_weight), None, 1.0, student)
+        x = torch.from_numpy(calib[idx]).to(device)
+        y = torch.zeros((len(idx), x.shape[2], x.shape[3]), dtype=torch.uint8, device=device)
+        teacher = copy.deepcopy(c.teacher).to(device)
+        loss = make_loss(teacher, DistillConfig(temperature=r.temperature, alpha=r.alpha,
+                                                feature_weight=r.feature_weight), None, 1.0, student)
         step = time_train_steps(student, loss, x, y)
+        del teacher, student
         c.estimate.train_step_s = step
         c.talk.say(f"  {cand.name}: a distillation step of this student takes {step:.2f} s here (measured): an "
                    f"epoch about {fmt_seconds(self._epoch_s())}")

@@ -41,7 +41,7 @@ def zoom(x_u8, y, gen, jitter: float):
         xi = x_u8[i, top:top + ch, left:left + cw].permute(2, 0, 1)[None].float()
         yi = y[i, top:top + ch, left:left + cw][None, None].float()
         xs.append(F.interpolate(xi, size=(h, w), mode="bilinear", align_corners=False)[0].permute(1, 2, 0))
-        ys.append(F.interpolate(yi, size=(h, w), mode="nearest")[0, 0])
+        ys.append(F.interpolate(yi, size=(h, w), mode="nearest-exact")[0, 0])  # pixel centres, as bilinear
     x = torch.stack(xs).round().clamp(0, 255).to(torch.uint8)
     return x, torch.stack(ys).to(y.dtype)
 

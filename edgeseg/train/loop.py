@@ -58,7 +58,7 @@ class TrainConfig:
     augment: bool = True
     augment_strength: float = 1.0  # scales the brightness/contrast jitter (0: flips and rotations only)
     scale_jitter: float = 0.0  # zoom: random crops of 1 - scale_jitter .. 1 of each side, resized back (0: none)
-    patience: int | None = None  # stop after this many epochs without a better validation score (None: never)
+    patience: int | None = None  # stop after this many epochs without a better validation score (None, 0: never)
     device: str = "auto"
     seed: int = 0
     threads: int | None = None
@@ -84,8 +84,8 @@ class TrainConfig:
                               f"{self.augment_strength} and {self.dice_weight}")
         if not 0 <= self.scale_jitter < 1:
             raise ConfigError(f"--scale-jitter must be in [0, 1), got {self.scale_jitter}")
-        if self.patience is not None and self.patience < 1:
-            raise ConfigError(f"--patience must be at least 1 epoch, got {self.patience}")
+        if self.patience is not None and (isinstance(self.patience, bool) or self.patience < 0):
+            raise ConfigError(f"--patience must be a number of epochs (0: no early stopping), got {self.patience}")
         intensity_policy(self.intensity)  # a bad --intensity is refused before any work
 
 
@@ -320,7 +320,7 @@ def fit(model, xs: np.ndarray, ys: np.ndarray, val_orig, val_names, pp: Preproce
             import torch.distributed as dist
 
             dist.barrier()
-        if cfg.patience and _no_progress(state, cfg, world):
+        if cfg.patience and _no_progress(state, cfg, world, device):
             state.stopped_early = (f"no better validation score for {cfg.patience} epoch(s) after epoch "
                                    f"{state.best_epoch}")
             log.warning("stopping after epoch %d of %d: %s", state.epoch, cfg.epochs, state.stopped_early)
@@ -338,7 +338,7 @@ def fit(model, xs: np.ndarray, ys: np.ndarray, val_orig, val_names, pp: Preproce
     return out
 
 
-def _no_progress(state: TrainState, cfg: TrainConfig, world: int) -> bool:
+def _no_progress(state: TrainState, cfg: TrainConfig, world: int, device: str = "cpu") -> bool:
     """--patience: the last ``cfg.patience`` epochs brought no better validation score (decided
     on rank 0, which validates, and shared with the other ranks under torchrun)."""
     stop = 0 < state.best_epoch and cfg.patience <= state.epoch - state.best_epoch and state.epoch < cfg.epochs
@@ -346,7 +346,7 @@ def _no_progress(state: TrainState, cfg: TrainConfig, world: int) -> bool:
         import torch
         import torch.distributed as dist
 
-        flag = torch.tensor([int(stop)])
+        flag = torch.tensor([int(stop)], device=device)
         dist.broadcast(flag, 0)
         stop = bool(flag.item())
     return stop

@@ -20,7 +20,9 @@ from edgeseg.runtime.files import atomic_dir, atomic_write_json, read_json
 
 RESUME_DIR = ".resume"
 # options that change how fast or where a run goes, not what it learns: they may differ on resume
-NOT_SETTINGS = ("out", "progress", "threads", "time_budget_min", "device", "log")
+NOT_SETTINGS = ("out", "progress", "threads", "time_budget_min", "device", "log", "patience")
+# settings added later, with the value runs recorded before them behaved as
+EARLIER = {"scale_jitter": 0.0}
 
 
 @dataclass
@@ -70,7 +72,7 @@ def plan(cfg, overwrite: bool = False) -> tuple[str, TrainState | None]:
     except TypeError:
         raise ConfigError(f"{state_file} is not a resume state this edgeseg wrote; pass --overwrite to start "
                           "again") from None
-    diff = differences(state.settings, settings_of(cfg))
+    diff = differences({**EARLIER, **state.settings}, settings_of(cfg))
     if diff:
         raise ConfigError(f"-o {out} is an unfinished run with other settings ({'; '.join(diff)}); run again with "
                           "its settings to resume it, --overwrite to start again, or choose a new -o")
