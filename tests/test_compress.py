@@ -292,13 +292,20 @@ def test_guard_holds_int8_to_its_fp32_model_on_budgets_fp32_already_misses():
 
 
 @pytest.mark.slow
-def test_guard_in_pipeline_records_its_decisions(tiny_ckpt, embedded, tmp_path):
-    rep = Compressor(tiny_ckpt, tmp_path / "g", recipe(embedded, distill_epochs=0, max_dice_drop=0.0),
-                     progress=False).run()
+def test_guard_in_pipeline_records_its_decisions(tiny_ckpt, embedded, tmp_path, caplog):
+    r = recipe(embedded, distill_epochs=0, max_dice_drop=0.0)
+    rep = Compressor(tiny_ckpt, tmp_path / "g", r, progress=False).run()
     q = rep["stages"][-1]["notes"]
-    assert {"dice_all_int8", "dice_fp32", "float_blocks"} <= set(q)
+    assert {"dice_all_int8", "dice_fp32", "float_blocks", "missed_all_int8"} <= set(q)
+    assert q["rule"].startswith("every budget") and q["budgets_guarded"] == r.budgets().to_dict()
     m = read_bundle(tmp_path / "g/bundle").manifest
     assert m["quantization"]["float_blocks"] == q["float_blocks"]
+    # other budgets on a rerun: every other stage is reused, the INT8 guard runs again under them
+    with caplog.at_level("INFO", logger="edgeseg.compress.pipeline"):
+        rep2 = Compressor(tiny_ckpt, tmp_path / "g", recipe(embedded, distill_epochs=0, max_dice_drop=0.0,
+                                                            min_agreement=0.5), progress=False).run()
+    assert "reusing stage export" in caplog.text and "quantize: the budgets changed" in caplog.text
+    assert rep2["stages"][-1]["notes"]["budgets_guarded"]["min_agreement"] == 0.5
 
 
 def test_guard_does_not_chase_noise_when_fp32_already_missed_the_budget():
