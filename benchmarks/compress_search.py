@@ -10,6 +10,13 @@ reused. Then every point (each candidate's FP32 and INT8 model) is scored again 
 TEST split with the same four budget figures against the teacher, so the validation choice can
 be checked on images it never saw.
 
+Another teacher and dataset: ``--teacher``, ``--data`` and the split options, e.g. the MoNuSeg
+nuclei teacher on its 500 px crops (made by ``python benchmarks/slide_mosaic.py --make-data DIR``;
+no test split, so the train split calibrates):
+
+    python benchmarks/compress_search.py --teacher benchmarks/teachers/monuseg-b0 --data DIR
+        --calib-split train --skip-test --out runs/monuseg_search --name compress_search_monuseg
+
 Writes benchmarks/results/compress_search.json (the whole Pareto table on validation and test,
 the decision, the search log, wall time, machine info and the load average before and after)
 and compress_search.md, and copies the run's report.md and agreement_vs_latency.png beside
@@ -32,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, ROOT, SHARED, save  # noqa: E402
 
 
-def test_figures(points, out: Path, teacher, meta, data: str, threads: int, quantile: float) -> dict:
+def test_figures(points, out: Path, teacher, meta, data: str, threads: int, quantile: float, split: str = "test",
+                 min_lesion_px: int = 9) -> dict:
     """Each point's budget figures on the test split (teacher masks predicted once)."""
     import numpy as np
 
@@ -41,7 +49,7 @@ def test_figures(points, out: Path, teacher, meta, data: str, threads: int, quan
     from edgeseg.runners import open_model, torch_segmenter
     from edgeseg.runtime.metrics import MetricAccumulator
 
-    test = D.discover(data, "test")
+    test = D.discover(data, split)
     pairs = [(s.name, *D.load_pair(s, len(meta.classes))) for s in test]
     seg_t = torch_segmenter(teacher.eval(), meta)
     t_masks = [np.asarray(seg_t.predict(img)) for _, img, _ in pairs]
@@ -59,7 +67,8 @@ def test_figures(points, out: Path, teacher, meta, data: str, threads: int, quan
             acc.add(masks[-1], gt, name=n)
         dice = acc.summary()["mean_dice"]
         fig = fidelity(masks, t_masks, [q[2] for q in pairs], [q[0] for q in pairs], len(meta.classes),
-                       quantile=quantile, mean_drop=t_dice - dice)
+                       quantile=quantile, mean_drop=t_dice - dice, min_lesion_px=min_lesion_px,
+                       grid=(meta.preprocess.height, meta.preprocess.width))
         out_rows["points"][p["point"]] = {"dice": dice, **{k: fig[k] for k in ("mean_drop", "image_drop", "agreement",
                                                                                 "lesions", "lost_lesions")}}
     return out_rows
@@ -112,6 +121,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default="compress_search")
     ap.add_argument("--skip-test", action="store_true", help="do not score the points on the test split")
+    ap.add_argument("--calib-split", default="calibration")
+    ap.add_argument("--val-split", default="val")
+    ap.add_argument("--train-split", default="train")
+    ap.add_argument("--test-split", default="test")
     ap.add_argument("--from-state", action="store_true",
                     help="run nothing: save what an unfinished --out has measured so far (its state.json) as "
                          "<name>_partial.{json,md}")
@@ -129,8 +142,8 @@ def main() -> None:
     from edgeseg.compress.report import budget_lines, pareto_table
 
     torch.set_num_threads(a.threads)
-    recipe = Recipe(calib=a.data, calib_split="calibration", val=a.data, val_split="val", train=a.data,
-                    train_split="train", time_budget=a.time_budget, threads=a.threads)
+    recipe = Recipe(calib=a.data, calib_split=a.calib_split, val=a.data, val_split=a.val_split, train=a.data,
+                    train_split=a.train_split, time_budget=a.time_budget, threads=a.threads)
     load_before = os.getloadavg()
     t0 = time.time()
     c = Compressor(a.teacher, a.out, recipe, progress=False)
@@ -138,14 +151,14 @@ def main() -> None:
     wall = time.time() - t0
     load_after = os.getloadavg()
     test = None if a.skip_test else test_figures(rep["points"], Path(a.out), c.teacher, c.meta, a.data, a.threads,
-                                                 recipe.image_quantile)
+                                                 recipe.image_quantile, a.test_split, recipe.min_lesion_px)
     d = rep["budgets"]
     chosen = (d.get("point") or {}).get("point")
     teacher = rep["stages"][0]
     res = {"command": "python benchmarks/compress_search.py " + " ".join(sys.argv[1:]),
-           "equivalent_cli": (f"edgeseg compress {a.teacher} --calib {a.data} --calib-split calibration --val {a.data} "
-                              f"--val-split val --train {a.data} --train-split train --time-budget {a.time_budget:g} "
-                              f"--threads {a.threads} -o {a.out}"),
+           "equivalent_cli": (f"edgeseg compress {a.teacher} --calib {a.data} --calib-split {a.calib_split} --val "
+                              f"{a.data} --val-split {a.val_split} --train {a.data} --train-split {a.train_split} "
+                              f"--time-budget {a.time_budget:g} --threads {a.threads} -o {a.out}"),
            "wall_s": round(wall, 1), "load_average_before": [round(v, 2) for v in load_before],
            "load_average_after": [round(v, 2) for v in load_after], "threads": a.threads,
            "teacher": {"p50_ms_pytorch_eager": teacher.get("p50_ms"), "dice": teacher.get("dice")},

@@ -2,7 +2,7 @@
 PyTorch eager FP32 (the teacher as ``transformers`` runs it) and ONNX Runtime on the plain
 (unfolded) export, in one process, on this machine.
 
-    python benchmarks/speed_front.py [--search runs/kvasir_search3] [--result compress_search_quiet]
+    python benchmarks/speed_front.py [--search runs/kvasir_search4] [--result compress_search_quiet]
                                      [--runs 100] [--warmup 10] [--threads 2]
 
 What it times (model-only, batch 1, ``--threads`` intra-op threads, the same pre-processed
@@ -63,7 +63,7 @@ def points_of(search: Path) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--search", default=str(ROOT / "runs/kvasir_search3"))
+    ap.add_argument("--search", default=str(ROOT / "runs/kvasir_search4"))
     ap.add_argument("--result", default="compress_search_quiet", help="the compress_search.py result with test figures")
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=10)
