@@ -171,8 +171,12 @@ def test_recipe_file(tmp_path, embedded):
         Recipe.from_file(p)
     with pytest.raises(ConfigError, match="finite"):
         Recipe(max_dice_drop=float("nan"))
-    r = Recipe(prune_ratio=0.3)
+    r = Recipe(prune_ratio=0.3, alpha=0.5)
     assert r.diff(r.to_dict()) == [] and r.diff({**r.to_dict(), "alpha": 0.9}) == ["alpha: 0.9 -> 0.5"]
+    # a recipe recorded before early stopping and zoom existed trained without them: not the same recipe
+    old = {k: v for k, v in r.to_dict().items() if k not in ("distill_patience", "distill_scale_jitter")}
+    assert r.diff(old) == ["distill_patience: None -> 3", "distill_scale_jitter: 0.0 -> 0.2"]
+    assert Recipe(prune_ratio=0.3, alpha=0.5, distill_patience=None, distill_scale_jitter=0.0).diff(old) == []
 
 
 def test_headline_says_gain_cost_and_budget():

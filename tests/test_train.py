@@ -159,3 +159,22 @@ def test_zoom_keeps_each_label_under_its_pixel():
     assert (red == inside).float().mean() > 0.97  # disagreements only on the blurred borders
     ax, ay = augment(x, y, g, 1.0, 0.3)  # the whole chain keeps shapes and label values
     assert ax.shape == x.shape and set(torch.unique(ay).tolist()) <= {0, 1, 255}
+
+
+def test_a_run_recorded_before_patience_and_zoom_resumes(tmp_path, embedded, caplog):
+    """An unfinished run whose state predates --patience and --scale-jitter trained without zoom
+    and stopped by no rule: it resumes with any patience (a stopping rule, like the time budget),
+    and is refused with zoom switched on (it would learn something else)."""
+    from edgeseg.errors import ConfigError
+
+    out = tmp_path / "m"
+    train(_cfg(tmp_path, embedded, time_budget_min=1e-9))
+    sf = out / ".resume" / "state.json"
+    st = json.loads(sf.read_text())
+    assert "patience" not in st["settings"]  # a stopping rule is not a setting of what is learned
+    st["settings"].pop("scale_jitter")
+    sf.write_text(json.dumps(st))
+    with pytest.raises(ConfigError, match=r"scale-jitter 0.0 -> 0.3"):
+        train(_cfg(tmp_path, embedded, scale_jitter=0.3))
+    train(_cfg(tmp_path, embedded, patience=2))
+    assert "after epoch 1 of 2" in caplog.text and not (out / ".resume").exists()
