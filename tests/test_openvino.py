@@ -224,6 +224,40 @@ def test_time_runtimes_records_the_winner_and_auto_uses_it(tiny_bundle, tmp_path
     assert Segmenter(b).runner.name == "onnxruntime-cpu"  # auto only when asked
 
 
+def test_time_runtimes_times_each_runtime_alone_in_alternating_blocks(tiny_bundle, monkeypatch):
+    """One runtime's session open at a time while it is timed (an idle pool of the other would
+    steal its cores), blocks alternating with a rotating order, every run counted."""
+    real_open = MR._open
+    state = {"open": 0, "most": 0}
+    calls, opened = [], []
+
+    class Tracked:
+        def __init__(self, seg, name):
+            self.seg, self.name = seg, name
+            opened.append(name)
+            state["open"] += 1
+            state["most"] = max(state["most"], state["open"])
+
+        def __getattr__(self, k):
+            return getattr(self.seg, k)
+
+        def infer(self, x):
+            assert state["open"] == 1
+            calls.append(self.name)
+            return self.seg.infer(x)
+
+        def close(self):
+            state["open"] -= 1
+            self.seg.close()
+
+    monkeypatch.setattr(MR, "_open", lambda m, name, threads: Tracked(real_open(m, name, threads), name))
+    t = MR.time_runtimes(tiny_bundle, threads=1, warmup=2, runs=7)
+    assert state["most"] == 1 and state["open"] == 0
+    assert calls.count("onnxruntime") == calls.count("openvino") == MR.BLOCKS * 2 + 7  # warm-ups + runs
+    assert opened == ["onnxruntime", "openvino", "openvino", "onnxruntime", "onnxruntime", "openvino"]
+    assert set(t.p50_ms) == {"onnxruntime", "openvino"}
+
+
 def test_winner_needs_a_margin_to_beat_onnxruntime():
     assert MR._winner({"onnxruntime": 10.0, "openvino": 9.8}, 0.05) == "onnxruntime"  # inside the noise
     assert MR._winner({"onnxruntime": 10.0, "openvino": 9.0}, 0.05) == "openvino"

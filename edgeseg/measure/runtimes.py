@@ -1,11 +1,15 @@
 """Which runtime runs this model fastest on this machine: time it under each, side by side.
 
-:func:`time_runtimes` opens one model (a bundle folder or an edgeseg ONNX file) once per named
+:func:`time_runtimes` opens one model (a bundle folder or an edgeseg ONNX file) under each named
 runtime (``edgeseg.runtime.runners.RUNTIMES``: onnxruntime, openvino) with the same thread
 count, feeds every runtime the same pre-processed batch, and times model-only ``infer`` calls
-*interleaved*: each round calls every runtime once, in an order that rotates from round to
-round, so a burst of load from other processes hits all runtimes alike. Warm-up rounds come
-first. It returns a :class:`RuntimeTiming`: per-runtime p50 / p90 / spread (1.4826 x MAD) in ms,
+in alternating *blocks*: :data:`BLOCKS` blocks per runtime, the order rotating from block to
+block so a slow spell of the machine falls on all runtimes alike, each block after its own
+warm-up with only that runtime's session open. Calls interleaved one by one with both sessions
+open were tried first and are wrong on a small machine: the idle thread pool of one runtime
+steals the cores of the other (on the 2-core development machine the folded Kvasir teacher
+measured 17.4 ms under ONNX Runtime and 15.3 ms under OpenVINO that way, against 16.2 and 8.1 ms
+each alone; ``benchmarks/results/speed_front.md`` times every configuration in its own process). It returns a :class:`RuntimeTiming`: per-runtime p50 / p90 / spread (1.4826 x MAD) in ms,
 the winner, the ratio of each runtime's p50 to the winner's, the machine's CPU model and the
 inference-relevant CPU flags (AVX2, AVX-512, VNNI, AMX), the load average before and after,
 and the cores other processes kept busy during the loop.
@@ -42,6 +46,7 @@ from edgeseg.runtime.runners import RUNTIMES, runtime_names
 log = logging.getLogger(__name__)
 
 DEFAULT_RUNTIMES = ("onnxruntime", "openvino")
+BLOCKS = 3  # time_runtimes: each runtime timed in this many blocks, alternating
 MARGIN = 0.05  # another runtime must beat ONNX Runtime's p50 by more than this to win
 
 
@@ -160,7 +165,7 @@ def _winner(p50: dict[str, float], margin: float) -> str:
 def time_runtimes(model: str | Path, runtimes: Sequence[str] = DEFAULT_RUNTIMES, threads: int | None = 2,
                   warmup: int = 10, runs: int = 50, batch: int = 1, images: Sequence[np.ndarray] | None = None,
                   margin: float = MARGIN) -> RuntimeTiming:
-    """Time ``model`` under each of ``runtimes`` on this machine, interleaved (see the module doc).
+    """Time ``model`` under each of ``runtimes`` on this machine, in alternating blocks (see the module doc).
 
     ``images``: HxWx3 uint8 RGB images to time on (default: one fixed synthetic image).
     ``threads``: inference threads of every runtime (None: each runtime's own default).
@@ -174,24 +179,38 @@ def time_runtimes(model: str | Path, runtimes: Sequence[str] = DEFAULT_RUNTIMES,
     if int(runs) < 1 or int(warmup) < 0 or int(batch) < 1 or (threads is not None and int(threads) < 1):
         raise ConfigError(f"need runs >= 1, warmup >= 0, batch >= 1, threads >= 1; got runs={runs} "
                           f"warmup={warmup} batch={batch} threads={threads}")
-    segs, skipped = {}, {}
-    for name in runtimes:
-        try:
-            segs[name] = _open(model, name, threads)
-        except EdgesegError as exc:  # not installed, or cannot load this graph: say so, time the others
-            skipped[name] = str(exc).splitlines()[0]
-            log.warning("runtime %s skipped: %s", name, skipped[name])
-    if not segs:
+    skipped: dict[str, str] = {}
+    times: dict[str, list[int]] = {}
+    versions: dict[str, str | None] = {}
+    others_seen: list[float] = []
+    load_before, x = load_average(), None
+    cycles = max(1, min(BLOCKS, int(runs)))
+    per = [int(runs) // cycles + (1 if k < int(runs) % cycles else 0) for k in range(cycles)]
+    live = list(runtimes)
+    for cyc in range(cycles):
+        order = live[cyc % len(live):] + live[:cyc % len(live)] if live else []
+        for name in order:
+            try:
+                seg = _open(model, name, threads)
+            except EdgesegError as exc:  # not installed, or cannot load this graph: say so, time the others
+                skipped[name] = str(exc).splitlines()[0]
+                log.warning("runtime %s skipped: %s", name, skipped[name])
+                live.remove(name)
+                continue
+            try:
+                if x is None:
+                    x = _batch(seg, int(batch), images)
+                loop = interleave({name: (lambda s=seg: s.infer(x))}, warmup, per[cyc])
+                times.setdefault(name, []).extend(loop.times[name])
+                if loop.others_cores is not None:
+                    others_seen.append(loop.others_cores)
+                versions[name] = getattr(seg.runner, "version", None) or _version(name)
+            finally:
+                seg.close()  # alone in the process while timed: no idle pool of the other runtime
+                gc.collect()
+    if not times:
         raise RuntimeError(f"no runtime could run {model}: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-    try:
-        x = _batch(next(iter(segs.values())), int(batch), images)
-        loop = interleave({n: (lambda s=s: s.infer(x)) for n, s in segs.items()}, warmup, runs)
-        times = loop.times
-        load_before, others = loop.load_before, loop.others_cores
-        versions = {n: getattr(s.runner, "version", None) or _version(n) for n, s in segs.items()}
-    finally:
-        for s in segs.values():
-            s.close()
+    others = max(others_seen) if others_seen else None
     stats = {n: latency_stats(t) for n, t in times.items()}
     reasons = noise_reasons(stats, others, threads)
     p50 = {n: round(s.p50_ms, 4) for n, s in stats.items()}
