@@ -41,9 +41,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, ROOT, SHARED, save
 
-TEACHER = ROOT / "benchmarks" / "teachers" / "kvasir-b0"
-DATA = SHARED / "kvasir-seg"
-PLAIN = ROOT / "runs" / "runtimes" / "plain"
+TEACHER = DEFAULT_TEACHER = ROOT / "benchmarks" / "teachers" / "kvasir-b0"
+DATA = DEFAULT_DATA = SHARED / "kvasir-seg"
+PLAIN = DEFAULT_PLAIN = ROOT / "runs" / "runtimes" / "plain"
 
 
 def points_of(search: Path) -> list[dict]:
@@ -69,7 +69,7 @@ def child(kind: str, path: str, threads: int, warmup: int, runs: int) -> None:
     from edgeseg.measure.runtimes import interleave
     from edgeseg.runtime.segmenter import Segmenter
 
-    image = D.load_pair(D.discover(DATA, "val")[0], 2)[0]
+    image = D.load_pair(D.discover(os.environ.get("SPEED_FRONT_DATA", DATA), "val")[0], 2)[0]
     if kind == "eager":
         import torch
 
@@ -78,7 +78,7 @@ def child(kind: str, path: str, threads: int, warmup: int, runs: int) -> None:
         torch.set_num_threads(threads)
         model, _ = load_checkpoint(path)
         model.eval()
-        xt = torch.from_numpy(Segmenter(PLAIN, threads=1).prepare([image]))
+        xt = torch.from_numpy(Segmenter(os.environ.get("SPEED_FRONT_PLAIN", PLAIN), threads=1).prepare([image]))
 
         def call():
             with torch.inference_mode():
@@ -107,6 +107,9 @@ def main() -> None:
     ap.add_argument("--result", default="compress_search_quiet", help="the compress_search.py result with test figures")
     ap.add_argument("--runs", type=int, default=40, help="timed calls per configuration and cycle")
     ap.add_argument("--cycles", type=int, default=3)
+    ap.add_argument("--teacher", default=str(DEFAULT_TEACHER), help="the search's teacher (timed in PyTorch eager)")
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="dataset whose first val image is timed")
+    ap.add_argument("--plain", default=None, help="the teacher's unfolded export (made when missing)")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default="speed_front")
@@ -119,12 +122,16 @@ def main() -> None:
     from edgeseg.runtime.errors import EdgesegError
     from edgeseg.runtime.segmenter import Segmenter
 
+    teacher, data = Path(a.teacher), Path(a.data)
+    plain = Path(a.plain) if a.plain else DEFAULT_PLAIN if teacher.name == "kvasir-b0" else \
+        ROOT / "runs" / f"plain_{teacher.name}"
+    os.environ["SPEED_FRONT_DATA"], os.environ["SPEED_FRONT_PLAIN"] = str(data), str(plain)  # for the children
     search = Path(a.search)
-    if not (PLAIN / "edgeseg.json").is_file():
-        subprocess.run([sys.executable, "-m", "edgeseg", "export", str(TEACHER), "-o", str(PLAIN), "--no-fold",
-                        "--data", str(DATA), "--split", "val"], check=True, stdout=subprocess.DEVNULL)
+    if not (plain / "edgeseg.json").is_file():
+        subprocess.run([sys.executable, "-m", "edgeseg", "export", str(teacher), "-o", str(plain), "--no-fold",
+                        "--data", str(data), "--split", "val"], check=True, stdout=subprocess.DEVNULL)
     points = points_of(search)
-    configs = {"eager": ("eager", str(TEACHER)), "ort/plain": ("onnxruntime", str(PLAIN))}
+    configs = {"eager": ("eager", str(teacher)), "ort/plain": ("onnxruntime", str(plain))}
     skipped = {}
     for p in points:
         path = search / p["path"]
