@@ -61,6 +61,7 @@ def test_cam_is_concentrated_where_the_model_predicts(images, stage, method):
     assert np.mean(inside) > np.mean(outside)
 
 
+@pytest.mark.slow  # an end-to-end run: in the full suite, not the fast subset
 def test_explain_cli_writes_overlays_and_compares_a_pruned_student(images, pruned, tmp_path):
     out = tmp_path / "ex"
     r = run_cli("explain", TEACHER, images, "-o", out, "--stage", "2", "--compare", pruned, "-q", "--threads", "2")
@@ -91,6 +92,7 @@ def test_compare_with_itself_correlates_perfectly(images):
     assert correlation(np.zeros((4, 4)), a.cam[:4, :4]) is None  # a constant map has no correlation
 
 
+@pytest.mark.slow  # an end-to-end run: in the full suite, not the fast subset
 def test_models_without_gradients_are_refused_with_one_line(images, tmp_path):
     onnx = tmp_path / "student.onnx"
     onnx.write_bytes(b"not used: refused by its kind before it is read")

@@ -140,6 +140,7 @@ def test_weight_only_int8_runs_and_agrees(weights_bundle, images):
     assert min(_agreement(ort, ov, images)) >= 0.99
 
 
+@pytest.mark.slow  # an end-to-end run: in the full suite, not the fast subset
 def test_int8_activations_are_refused_in_one_line(int8_bundle, images):
     """OpenVINO's masks for edgeseg's INT8 Q/DQ graphs drift far from the FP32 model's (measured on
     the Kvasir teacher: benchmarks/results/runtimes_kvasir.md), so the runner refuses them; the
@@ -204,6 +205,7 @@ def test_runtime_with_openvino_never_imports_torch(tiny_bundle):
 
 
 # --------------------------------------------------------------------------- measure.runtimes
+@pytest.mark.slow  # an end-to-end run: in the full suite, not the fast subset
 def test_time_runtimes_records_the_winner_and_auto_uses_it(tiny_bundle, tmp_path):
     import shutil
 
@@ -224,6 +226,7 @@ def test_time_runtimes_records_the_winner_and_auto_uses_it(tiny_bundle, tmp_path
     assert Segmenter(b).runner.name == "onnxruntime-cpu"  # auto only when asked
 
 
+@pytest.mark.slow  # an end-to-end run: in the full suite, not the fast subset
 def test_time_runtimes_times_each_runtime_alone_in_alternating_blocks(tiny_bundle, monkeypatch):
     """One runtime's session open at a time while it is timed (an idle pool of the other would
     steal its cores), blocks alternating with a rotating order, every run counted."""
@@ -265,6 +268,7 @@ def test_winner_needs_a_margin_to_beat_onnxruntime():
     assert MR._winner({"openvino": 10.0}, 0.05) == "openvino"
 
 
+@pytest.mark.slow  # an end-to-end run: in the full suite, not the fast subset
 def test_time_runtimes_lists_what_it_could_not_run(int8_bundle, monkeypatch):
     t = MR.time_runtimes(int8_bundle, threads=1, warmup=0, runs=2)
     assert list(t.p50_ms) == ["onnxruntime"] and t.winner == "onnxruntime"

@@ -36,6 +36,7 @@ def test_prune_removes_channels_and_reloads_without_pruning_code(tmp_path, calib
         assert torch.equal(q(pixel_values=calib).logits, p(pixel_values=calib).logits)
 
 
+@pytest.mark.slow  # an end-to-end run: in the full suite, not the fast subset
 def test_prune_target_macs_and_per_stage(calib):
     m = build_model("b0").eval()
     _, rep = prune(copy.deepcopy(m), PruneConfig(ratio=0.9, target_macs=0.8, steps=6), calib=calib)
@@ -82,6 +83,7 @@ def test_init_from_teacher_copies_matching_tensors():
     assert torch.equal(s.segformer.stages[0].patch_embeddings.proj.weight, t.segformer.stages[0].patch_embeddings.proj.weight)
 
 
+@pytest.mark.slow  # an end-to-end run: in the full suite, not the fast subset
 def test_distill_pruned_student_end_to_end(tiny_ckpt, embedded, tmp_path):
     teacher, meta = load_checkpoint(tiny_ckpt)
     calib = torch.randn(2, 3, 64, 64)
@@ -112,8 +114,11 @@ def test_distill_pruned_student_end_to_end(tiny_ckpt, embedded, tmp_path):
 
 
 def test_distillation_that_hurts_keeps_its_starting_point(tiny_ckpt, embedded, tmp_path, caplog):
-    """The student starts as an exact copy of the teacher (agreement 1); a wild learning rate can
-    only make it agree less, so the starting point must be kept, and said so."""
+    """The student starts as an exact copy of the teacher (agreement 1); a wild learning rate
+    makes it agree less (seeded: with some seeds the tiny model collapses to the teacher's own
+    all-background masks on every image, a tie, and the epoch is kept), so the starting point must
+    be kept, and said so."""
+    torch.manual_seed(0)  # dropout draws from the global generator: fixed, not whatever ran before
     teacher, meta = load_checkpoint(tiny_ckpt)
     student = copy.deepcopy(teacher)
     start = {k: v.clone() for k, v in student.state_dict().items()}

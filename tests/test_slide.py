@@ -126,6 +126,7 @@ def _slide_peak(seg, path) -> int:
     return peak
 
 
+@pytest.mark.slow  # an end-to-end run: in the full suite, not the fast subset
 def test_slide_memory_is_flat_as_the_slide_grows(tmp_path):
     """Without the preview, which is bounded on its own (longest side PREVIEW_SIDE)."""
     seg = pointwise(size=128)

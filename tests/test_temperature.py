@@ -124,6 +124,7 @@ def test_bundle_stores_and_runtime_applies_temperature(tiny_bundle, tmp_path):
     assert conf[3.0] < conf[1.0] < conf[0.4]
 
 
+@pytest.mark.slow  # an end-to-end run: in the full suite, not the fast subset
 def test_evaluate_writes_ece_and_reliability_diagram(tiny_bundle, embedded, tmp_path):
     from edgeseg.data import folders as D
     from edgeseg.runtime.segmenter import Segmenter

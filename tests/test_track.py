@@ -50,6 +50,7 @@ def test_every_training_run_writes_csv_and_curves(tiny_ckpt):
     assert (tiny_ckpt / LOG_DIR / PNG_FILE).read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.slow  # an end-to-end run: in the full suite, not the fast subset
 def test_tensorboard_events_readable_and_a_resumed_run_logs_each_epoch_once(tmp_path, embedded):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -130,6 +131,7 @@ def no_internet(monkeypatch):
     return tried
 
 
+@pytest.mark.slow  # an end-to-end run: in the full suite, not the fast subset
 def test_mlflow_local_store_holds_each_epoch_once_and_the_params(tmp_path, embedded, monkeypatch, no_internet):
     from mlflow import MlflowClient
 

@@ -107,6 +107,7 @@ def test_data_parallel_under_torchrun(tmp_path, embedded):
     assert meta["training"]["steps"] == 6 and not (tmp_path / "ddp/.resume").exists()
 
 
+@pytest.mark.slow  # an end-to-end run: in the full suite, not the fast subset
 def test_patience_stops_a_run_that_no_longer_improves(tmp_path, embedded, caplog):
     """A learning rate too small to change any mask: validation Dice never beats epoch 1, so with
     --patience 1 the run stops after epoch 2 of 5, says why, and leaves nothing to resume."""
