@@ -15,6 +15,7 @@ and shows a bar over the candidates it builds and scores.
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -84,7 +85,7 @@ def int8_bounds(budgets, fp32_fig: dict):
     relaxed = {}
     for m in check(fp32_fig, budgets):
         v = m["measured"]
-        if v is None or v != v:  # not measured: the guard cannot hold INT8 to it
+        if v is None or math.isnan(v):  # not measured: the guard cannot hold INT8 to it
             relaxed[m["budget"]] = None
         elif m["budget"] == "max_lost_lesions":
             relaxed[m["budget"]] = int(v)

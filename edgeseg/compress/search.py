@@ -39,9 +39,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edgeseg.compress.progress import fmt_seconds
-from edgeseg.runtime.files import atomic_write_json
 from edgeseg.compress.stages import STAGES
 from edgeseg.measure.budgets import FIGURES, Budgets, check, miss_line, shortfall
+from edgeseg.runtime.files import atomic_write_json
 
 SHARED = ("teacher", "fold")
 POINTS = ("export", "quantize")
@@ -228,7 +228,6 @@ class Search:
         from edgeseg.compress.progress import time_train_steps
         from edgeseg.distill import DistillConfig, make_loss
         from edgeseg.model.checkpoint import load_checkpoint
-
         from edgeseg.train.loop import pick_device
 
         c, r = self.c, self.c.recipe

@@ -9,7 +9,8 @@ warm-up with only that runtime's session open. Calls interleaved one by one with
 open were tried first and are wrong on a small machine: the idle thread pool of one runtime
 steals the cores of the other (on the 2-core development machine the folded Kvasir teacher
 measured 17.4 ms under ONNX Runtime and 15.3 ms under OpenVINO that way, against 16.2 and 8.1 ms
-each alone; ``benchmarks/results/speed_front.md`` times every configuration in its own process). It returns a :class:`RuntimeTiming`: per-runtime p50 / p90 / spread (1.4826 x MAD) in ms,
+each alone; ``benchmarks/results/speed_front.md`` times every configuration in its own process).
+It returns a :class:`RuntimeTiming`: per-runtime p50 / p90 / spread (1.4826 x MAD) in ms,
 the winner, the ratio of each runtime's p50 to the winner's, the machine's CPU model and the
 inference-relevant CPU flags (AVX2, AVX-512, VNNI, AMX), the load average before and after,
 and the cores other processes kept busy during the loop.
@@ -165,7 +166,7 @@ def _winner(p50: dict[str, float], margin: float) -> str:
 def time_runtimes(model: str | Path, runtimes: Sequence[str] = DEFAULT_RUNTIMES, threads: int | None = 2,
                   warmup: int = 10, runs: int = 50, batch: int = 1, images: Sequence[np.ndarray] | None = None,
                   margin: float = MARGIN) -> RuntimeTiming:
-    """Time ``model`` under each of ``runtimes`` on this machine, in alternating blocks (see the module doc).
+    """Time ``model`` under each of ``runtimes`` here, in alternating blocks (see the module doc).
 
     ``images``: HxWx3 uint8 RGB images to time on (default: one fixed synthetic image).
     ``threads``: inference threads of every runtime (None: each runtime's own default).
@@ -200,7 +201,7 @@ def time_runtimes(model: str | Path, runtimes: Sequence[str] = DEFAULT_RUNTIMES,
             try:
                 if x is None:
                     x = _batch(seg, int(batch), images)
-                loop = interleave({name: (lambda s=seg: s.infer(x))}, warmup, per[cyc])
+                loop = interleave({name: (lambda s=seg, v=x: s.infer(v))}, warmup, per[cyc])
                 times.setdefault(name, []).extend(loop.times[name])
                 if loop.others_cores is not None:
                     others_seen.append(loop.others_cores)
